@@ -1,0 +1,111 @@
+"""Canonical columns of MedR1 tables as pyarrow schemas, and their validator."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from medr1_data import Medr1Error
+
+OPTION = pa.struct([("label", pa.string()), ("text", pa.string())])
+
+QUESTION_FIELDS: list[pa.Field] = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("source_split", pa.string(), nullable=False),
+    pa.field("source_id", pa.string(), nullable=False),
+    pa.field("question", pa.string(), nullable=False),
+    pa.field("options", pa.list_(OPTION), nullable=False),
+    pa.field("answer_label", pa.string(), nullable=False),
+    pa.field("context", pa.string(), nullable=True),
+    pa.field("meta", pa.string(), nullable=False),
+    pa.field("license", pa.string(), nullable=False),
+]
+QUESTION_SCHEMA = pa.schema(QUESTION_FIELDS)
+
+TRACE_FIELDS: list[pa.Field] = [
+    pa.field("sample_idx", pa.int32(), nullable=False),
+    pa.field("teacher_model", pa.string()),
+    pa.field("prompt_template", pa.string()),
+    pa.field("reasoning", pa.string()),
+    pa.field("response", pa.string()),
+    pa.field("finish_reason", pa.string()),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("completion_tokens", pa.int64()),
+    pa.field("cost_usd", pa.float64()),
+    pa.field("latency_s", pa.float64()),
+    pa.field("error", pa.string()),
+]
+TRACE_SCHEMA = pa.schema(QUESTION_FIELDS + TRACE_FIELDS)
+
+VERIFY_FIELDS: list[pa.Field] = [
+    pa.field("pred_label", pa.string()),
+    pa.field("is_correct", pa.bool_(), nullable=False),
+    pa.field("verify_reason", pa.string(), nullable=False),
+]
+
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("source_split", pa.string(), nullable=False),
+        pa.field("file", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("field", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("raw", pa.string()),
+    ]
+)
+
+COLUMN_DOCS: dict[str, str] = {
+    "id": "Stable unique id: `<source>/<split>/<source_id>`.",
+    "source": "Registered source name (medqa, medmcqa, pubmedqa, ...).",
+    "source_split": "Split of the source the question comes from.",
+    "source_id": "The source's own id, or `h<sha1>` of the stem and options where it has none.",
+    "question": "The question stem only, without the options.",
+    "options": "Answer options as a list of {label, text}, labels A, B, ... in the source's order.",
+    "answer_label": "Label of the gold option.",
+    "context": "Supporting passage (the PubMedQA abstract); null for plain MCQs.",
+    "meta": "JSON object with the source's extra fields (subject, topic, explanation, exam, ...).",
+    "license": "Licence of the source the question comes from.",
+    "sample_idx": "Index of the teacher sample for this question (0-based).",
+    "teacher_model": "Teacher model that wrote the trace.",
+    "prompt_template": "Name and version of the prompt template sent to the teacher.",
+    "reasoning": "The teacher's thinking text (inside <think>...</think>).",
+    "response": "The teacher's answer text after the thinking.",
+    "finish_reason": "Why generation stopped (`stop`, or `length` when cut off).",
+    "prompt_tokens": "Prompt tokens billed for the request.",
+    "completion_tokens": "Completion tokens billed for the request (thinking included).",
+    "cost_usd": "Cost of the request in US dollars at the recipe's price table.",
+    "latency_s": "Seconds the request took (null for responses served from a recording).",
+    "error": "Why the request failed; null on success.",
+    "pred_label": "Option label extracted from the response (null when none was committed).",
+    "is_correct": "Whether `pred_label` equals `answer_label`.",
+    "verify_reason": "How the verdict was reached (`correct`, `wrong_answer`, `no_answer`, ...).",
+}
+
+
+def validate(table: pa.Table, schema: pa.Schema = QUESTION_SCHEMA, *, what: str = "table") -> None:
+    """Raise Medr1Error unless `table` has the schema's columns and types, non-null required fields and unique ids."""
+    for field in schema:
+        if field.name not in table.column_names:
+            raise Medr1Error(f"{what}: missing column '{field.name}'")
+        col = table.column(field.name)
+        if not col.type.equals(field.type):
+            raise Medr1Error(f"{what}: column '{field.name}' has type {col.type}, expected {field.type}")
+        if not field.nullable and col.null_count:
+            row = pc.index(pc.is_null(col), True).as_py()
+            raise Medr1Error(f"{what}: row {row}: column '{field.name}' is null")
+    key = ["id", "sample_idx"] if "sample_idx" in schema.names else ["id"]
+    if "id" in schema.names and table.num_rows:
+        n_unique = table.group_by(key).aggregate([]).num_rows
+        if n_unique != table.num_rows:
+            raise Medr1Error(f"{what}: {table.num_rows - n_unique} duplicate {'/'.join(key)} values")
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Put the schema's columns first, in its order and types; other columns follow unchanged."""
+    rest = [n for n in table.column_names if n not in schema.names]
+    cols = [table.column(f.name).cast(f.type) for f in schema] + [table.column(n) for n in rest]
+    fields = list(schema) + [table.schema.field(n) for n in rest]
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))

@@ -1,0 +1,240 @@
+"""The Source contract and the loader that turns any source's rows into the canonical table plus rejects."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import polars as pl
+import pyarrow as pa
+
+from medr1_data import Medr1Error
+from medr1_data.schema import QUESTION_SCHEMA, REJECT_SCHEMA
+from medr1_data.sources.readers import RowError
+
+LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+RAW_CHARS = 500
+
+
+class Question(NamedTuple):
+    """One source row in canonical form, before the table-wide checks."""
+
+    source_id: str
+    question: str
+    options: list[tuple[str, str]]
+    answer_label: str
+    context: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+class SourceRow(NamedTuple):
+    """A row as a source file or Hub dataset gave it, with where it came from."""
+
+    file: str
+    row: int
+    raw: dict[str, Any] | RowError
+    text: str | None = None
+
+
+@dataclass
+class Loaded:
+    """The canonical questions of one source split and the rows rejected on the way, with reasons."""
+
+    table: pa.Table
+    rejects: pa.Table = field(default_factory=REJECT_SCHEMA.empty_table)
+
+    def reject_counts(self) -> dict[str, int]:
+        """Rejected rows per reason, most frequent first."""
+        if not self.rejects.num_rows:
+            return {}
+        counts = pl.from_arrow(self.rejects.select(["reason"])).group_by("reason").len()
+        return dict(counts.sort(["len", "reason"], descending=[True, False]).iter_rows())
+
+
+def content_id(question: str, options: list[tuple[str, str]]) -> str:
+    """A stable id for rows whose source has none: `h` + 16 hex digits of SHA-1 over stem and option texts."""
+    text = "\x1f".join([question.strip(), *(t.strip() for _, t in options)])
+    return "h" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def options_from_mapping(raw: dict[str, Any], field: str) -> list[tuple[str, str]]:
+    """Options given as {label: text} (or a list of texts), checked for types, labels kept in source order."""
+    value = raw.get(field)
+    if value is None:
+        raise RowError("missing_field", field)
+    if isinstance(value, list):
+        value = dict(zip(LABELS, value, strict=False))
+    if not isinstance(value, dict):
+        raise RowError("wrong_type", field, f"expected an object of label: text, got {type(value).__name__}")
+    out = []
+    for label, text in value.items():
+        if text is None:  # Hub structs fill absent labels (a 4-option row in a 5-option table) with null
+            continue
+        if not isinstance(text, str):
+            raise RowError("wrong_type", f"{field}.{label}", f"expected a string, got {type(text).__name__}")
+        out.append((str(label).strip(), text))
+    return out
+
+
+class Source:
+    """A medical QA source: where it lives (native files, Hub id) and how one row becomes a Question."""
+
+    name: ClassVar[str]
+    license: ClassVar[str]
+    homepage: ClassVar[str]
+    hub_id: ClassVar[str | None] = None
+    splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
+    description: ClassVar[str] = ""
+    # Sources with known, kept duplicate option texts (MedMCQA) flag them in meta instead of rejecting.
+    allow_duplicate_options: ClassVar[bool] = False
+
+    def local_rows(self, path: Path, split: str) -> Iterator[SourceRow]:
+        """Rows of a local file or folder in the source's native format."""
+        raise NotImplementedError
+
+    def hub_dataset(self, split: str) -> Any:
+        """The split as a `datasets.Dataset` from the Hub."""
+        import datasets
+
+        if not self.hub_id:
+            raise Medr1Error(f"source '{self.name}' has no Hub dataset: give a local path as {self.name}=PATH")
+        return datasets.load_dataset(self.hub_id, split=split)
+
+    def hub_rows(self, dataset: Any, split: str, file: str) -> Iterator[SourceRow]:
+        """Rows of a `datasets.Dataset` with the Hub copy's columns."""
+        for i, row in enumerate(dataset, start=1):
+            yield SourceRow(file, i, row)
+
+    def convert(self, raw: dict[str, Any], split: str, *, hub: bool) -> Question:
+        """One native (or Hub) row as a Question; raise RowError naming the field when it cannot be."""
+        raise NotImplementedError
+
+    def rows(self, split: str, path: Path | None) -> tuple[Iterator[SourceRow], bool]:
+        """The rows to read, and whether they have the Hub's columns (Hub, or local Parquet shards of it)."""
+        if path is None:
+            return self.hub_rows(self.hub_dataset(split), split, f"hf://{self.hub_id}"), True
+        path = Path(path)
+        if not path.exists():
+            raise Medr1Error(f"{path}: no such file or folder")
+        shards = sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.suffix == ".parquet" else []
+        if shards:
+            return self.hub_rows(_parquet_dataset(shards), split, str(path)), True
+        return self.local_rows(path, split), False
+
+
+def _parquet_dataset(shards: list[Path]) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset("parquet", data_files=[str(s) for s in shards], split="train")
+    except Exception as e:  # datasets raises many types for unreadable Parquet
+        raise Medr1Error(f"{shards[0]}: cannot read as Parquet: {e}") from None
+
+
+def _raw_text(raw: Any, text: str | None) -> str:
+    if text is None:
+        text = json.dumps(raw, ensure_ascii=False, default=str)
+    return text[:RAW_CHARS]
+
+
+def load_rows(source: Source, split: str, path: Path | None = None) -> Loaded:
+    """Read one split of `source` (Hub when path is None) into the canonical table and a rejects table."""
+    rows, hub = source.rows(split, path)
+    cols: dict[str, list[Any]] = {k: [] for k in ("source_id", "question", "options", "answer_label", "context", "meta")}
+    where: dict[str, list[Any]] = {"_file": [], "_row": []}
+    rejects: dict[str, list[Any]] = {f.name: [] for f in REJECT_SCHEMA}
+
+    def reject(file: str, row: int, err: RowError, raw: str) -> None:
+        for k, v in zip(REJECT_SCHEMA.names, (source.name, split, file, row, err.field, err.reason, err.detail, raw),
+                        strict=True):
+            rejects[k].append(v)
+
+    for file, row, raw, text in rows:
+        if isinstance(raw, RowError):
+            reject(file, row, raw, text or "")
+            continue
+        try:
+            q = source.convert(raw, split, hub=hub)
+        except RowError as err:
+            reject(file, row, err, _raw_text(raw, text))
+            continue
+        cols["source_id"].append(q.source_id)
+        cols["question"].append(q.question)
+        cols["options"].append([{"label": lab, "text": t} for lab, t in q.options])
+        cols["answer_label"].append(q.answer_label)
+        cols["context"].append(q.context)
+        cols["meta"].append(json.dumps(q.meta or {}, ensure_ascii=False, sort_keys=True, default=str))
+        where["_file"].append(file)
+        where["_row"].append(row)
+
+    n = len(cols["question"])
+    table = pa.table(
+        {
+            "id": pa.array([f"{source.name}/{split}/{s}" for s in cols["source_id"]], pa.string()),
+            "source": pa.array([source.name] * n, pa.string()),
+            "source_split": pa.array([split] * n, pa.string()),
+            **{k: pa.array(v, QUESTION_SCHEMA.field(k).type) for k, v in cols.items()},
+            "license": pa.array([source.license] * n, pa.string()),
+            "_file": pa.array(where["_file"], pa.string()),
+            "_row": pa.array(where["_row"], pa.int64()),
+        }
+    )
+    kept, checked_rejects = check_rows(table, allow_duplicate_options=source.allow_duplicate_options)
+    all_rejects = pa.concat_tables([pa.table(rejects, schema=REJECT_SCHEMA), checked_rejects])
+    if kept.num_rows == 0 and all_rejects.num_rows:
+        first = all_rejects.slice(0, 1).to_pylist()[0]
+        raise Medr1Error(
+            f"{first['file']}: no row could be read as '{source.name}' {split}; "
+            f"row {first['row']}, field '{first['field'] or '-'}': {first['reason']} {first['detail'] or ''}".rstrip()
+        )
+    return Loaded(kept.select(QUESTION_SCHEMA.names).cast(QUESTION_SCHEMA), all_rejects)
+
+
+def check_rows(table: pa.Table, *, allow_duplicate_options: bool = False) -> tuple[pa.Table, pa.Table]:
+    """Table-wide checks as polars expressions: split canonical rows into kept rows and rejects with reasons."""
+    df = pl.from_arrow(table)
+    texts = pl.col("options").list.eval(pl.element().struct.field("text").str.strip_chars().str.to_lowercase())
+    labels = pl.col("options").list.eval(pl.element().struct.field("label"))
+    n_opts = pl.col("options").list.len()
+    duplicate_texts = texts.list.n_unique() < n_opts
+    later_duplicate_id = pl.int_range(pl.len()).over("id") > 0
+    reason = (
+        pl.when(pl.col("question").str.strip_chars() == "").then(pl.lit("empty_question"))
+        .when(n_opts == 0).then(pl.lit("no_options"))
+        .when(n_opts == 1).then(pl.lit("single_option"))
+        .when(texts.list.eval(pl.element() == "").list.any()).then(pl.lit("empty_option"))
+        .when(labels.list.n_unique() < n_opts).then(pl.lit("duplicate_labels"))
+        .when(~labels.list.contains(pl.col("answer_label"))).then(pl.lit("answer_not_in_options"))
+        .when(duplicate_texts & pl.lit(not allow_duplicate_options)).then(pl.lit("duplicate_options"))
+        .when(later_duplicate_id).then(pl.lit("duplicate_id"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    field = (
+        pl.when(pl.col("_reason").is_in(["empty_question"])).then(pl.lit("question"))
+        .when(pl.col("_reason") == "answer_not_in_options").then(pl.lit("answer"))
+        .when(pl.col("_reason") == "duplicate_id").then(pl.lit("id"))
+        .otherwise(pl.lit("options"))
+    )
+    df = df.with_columns(reason.alias("_reason"))
+    bad = df.filter(pl.col("_reason").is_not_null())
+    rejects = bad.select(
+        pl.col("source"),
+        pl.col("source_split"),
+        pl.col("_file").alias("file"),
+        pl.col("_row").alias("row"),
+        field.alias("field"),
+        pl.col("_reason").alias("reason"),
+        pl.when(pl.col("_reason") == "answer_not_in_options")
+        .then(pl.format("answer '{}' not among {}", pl.col("answer_label"), labels.list.join(",")))
+        .when(pl.col("_reason") == "duplicate_id")
+        .then(pl.format("id {} seen before", pl.col("id")))
+        .otherwise(pl.lit(None, pl.String))
+        .alias("detail"),
+        pl.col("question").str.slice(0, RAW_CHARS).alias("raw"),
+    )
+    kept = df.filter(pl.col("_reason").is_null()).drop("_reason")
+    return kept.to_arrow(), rejects.to_arrow().cast(REJECT_SCHEMA)

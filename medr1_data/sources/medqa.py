@@ -1,0 +1,38 @@
+"""MedQA-USMLE (Jin et al. 2021): jind11 JSON-lines, US 4- or 5-option; Hub `GBaker/MedQA-USMLE-4-options`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from medr1_data.sources import register
+from medr1_data.sources.base import Question, Source, SourceRow, content_id, options_from_mapping
+from medr1_data.sources.files import split_file
+from medr1_data.sources.readers import RowError, iter_jsonl, require_str
+
+
+@register
+class MedQA(Source):
+    name = "medqa"
+    license = "MIT"
+    homepage = "https://github.com/jind11/MedQA"
+    hub_id = "GBaker/MedQA-USMLE-4-options"
+    splits = ("train", "dev", "test")
+    description = "USMLE-style clinical vignettes, US English, 4 or 5 options"
+
+    def local_rows(self, path: Path, split: str) -> Iterator[SourceRow]:
+        file = split_file(path, split, ("*{split}.jsonl", "*{split}*.jsonl"))
+        for row, raw, text in iter_jsonl(file):
+            yield SourceRow(str(file), row, raw, text)
+
+    def convert(self, raw: dict[str, Any], split: str, *, hub: bool) -> Question:
+        question = require_str(raw, "question")
+        options = options_from_mapping(raw, "options")
+        label = require_str(raw, "answer_idx").strip()
+        answer = raw.get("answer")
+        by_label = dict(options)
+        if isinstance(answer, str) and label in by_label and answer.strip() != by_label[label].strip():
+            raise RowError("answer_text_mismatch", "answer", f"'{answer[:60]}' is not option {label}")
+        meta = {"exam": raw.get("meta_info")}
+        return Question(content_id(question, options), question, options, label, None, meta)
