@@ -109,3 +109,26 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     cols = [table.column(f.name).cast(f.type) for f in schema] + [table.column(n) for n in rest]
     fields = list(schema) + [table.schema.field(n) for n in rest]
     return pa.Table.from_arrays(cols, schema=pa.schema(fields))
+
+
+DROP_FIELD = pa.field("drop_reason", pa.string())
+KNOWN_FIELDS: dict[str, pa.Field] = {f.name: f for f in [*QUESTION_FIELDS, *TRACE_FIELDS, *VERIFY_FIELDS, DROP_FIELD]}
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_list(t):
+        return pa.list_(_plain(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _plain(f.type), f.nullable) for f in t])
+    return t
+
+
+def normalize(table: pa.Table) -> pa.Table:
+    """Cast known columns to their canonical types and others to plain (non-large, non-view) Arrow types."""
+    fields = []
+    for f in table.schema:
+        known = KNOWN_FIELDS.get(f.name)
+        fields.append(pa.field(f.name, known.type if known else _plain(f.type), True))
+    return table.cast(pa.schema(fields))

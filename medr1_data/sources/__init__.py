@@ -67,5 +67,16 @@ def load(spec: str, split: str) -> Loaded:
 
 from medr1_data.sources import headqa, mcq_jsonl, medmcqa, medqa, mmlu_medical, pubmedqa  # noqa: E402, F401
 
-__all__ = ["REGISTRY", "Loaded", "Question", "RowError", "Source", "SourceRow", "all_sources", "get_source", "load",
-           "parse_spec", "register"]
+__all__ = [
+    "REGISTRY",
+    "Loaded",
+    "Question",
+    "RowError",
+    "Source",
+    "SourceRow",
+    "all_sources",
+    "get_source",
+    "load",
+    "parse_spec",
+    "register",
+]

@@ -141,16 +141,22 @@ def _raw_text(raw: Any, text: str | None) -> str:
     return text[:RAW_CHARS]
 
 
-def load_rows(source: Source, split: str, path: Path | None = None) -> Loaded:
-    """Read one split of `source` (Hub when path is None) into the canonical table and a rejects table."""
+def load_rows(source: Source, split: str, path: Path | None = None, *, keep_duplicate_options: bool = False) -> Loaded:
+    """Read one split of `source` (Hub when path is None) into the canonical table and a rejects table.
+
+    `keep_duplicate_options` keeps rows whose options repeat a text (benchmarks: every test item must be indexed).
+    """
     rows, hub = source.rows(split, path)
-    cols: dict[str, list[Any]] = {k: [] for k in ("source_id", "question", "options", "answer_label", "context", "meta")}
+    cols: dict[str, list[Any]] = {
+        k: [] for k in ("source_id", "question", "options", "answer_label", "context", "meta")
+    }
     where: dict[str, list[Any]] = {"_file": [], "_row": []}
     rejects: dict[str, list[Any]] = {f.name: [] for f in REJECT_SCHEMA}
 
     def reject(file: str, row: int, err: RowError, raw: str) -> None:
-        for k, v in zip(REJECT_SCHEMA.names, (source.name, split, file, row, err.field, err.reason, err.detail, raw),
-                        strict=True):
+        for k, v in zip(
+            REJECT_SCHEMA.names, (source.name, split, file, row, err.field, err.reason, err.detail, raw), strict=True
+        ):
             rejects[k].append(v)
 
     for file, row, raw, text in rows:
@@ -183,7 +189,8 @@ def load_rows(source: Source, split: str, path: Path | None = None) -> Loaded:
             "_row": pa.array(where["_row"], pa.int64()),
         }
     )
-    kept, checked_rejects = check_rows(table, allow_duplicate_options=source.allow_duplicate_options)
+    allow = keep_duplicate_options or source.allow_duplicate_options
+    kept, checked_rejects = check_rows(table, allow_duplicate_options=allow)
     all_rejects = pa.concat_tables([pa.table(rejects, schema=REJECT_SCHEMA), checked_rejects])
     if kept.num_rows == 0 and all_rejects.num_rows:
         first = all_rejects.slice(0, 1).to_pylist()[0]
@@ -203,20 +210,31 @@ def check_rows(table: pa.Table, *, allow_duplicate_options: bool = False) -> tup
     duplicate_texts = texts.list.n_unique() < n_opts
     later_duplicate_id = pl.int_range(pl.len()).over("id") > 0
     reason = (
-        pl.when(pl.col("question").str.strip_chars() == "").then(pl.lit("empty_question"))
-        .when(n_opts == 0).then(pl.lit("no_options"))
-        .when(n_opts == 1).then(pl.lit("single_option"))
-        .when(texts.list.eval(pl.element() == "").list.any()).then(pl.lit("empty_option"))
-        .when(labels.list.n_unique() < n_opts).then(pl.lit("duplicate_labels"))
-        .when(~labels.list.contains(pl.col("answer_label"))).then(pl.lit("answer_not_in_options"))
-        .when(duplicate_texts & pl.lit(not allow_duplicate_options)).then(pl.lit("duplicate_options"))
-        .when(later_duplicate_id).then(pl.lit("duplicate_id"))
+        pl.when(pl.col("question").str.strip_chars() == "")
+        .then(pl.lit("empty_question"))
+        .when(n_opts == 0)
+        .then(pl.lit("no_options"))
+        .when(n_opts == 1)
+        .then(pl.lit("single_option"))
+        .when(texts.list.eval(pl.element() == "").list.any())
+        .then(pl.lit("empty_option"))
+        .when(labels.list.n_unique() < n_opts)
+        .then(pl.lit("duplicate_labels"))
+        .when(~labels.list.contains(pl.col("answer_label")))
+        .then(pl.lit("answer_not_in_options"))
+        .when(duplicate_texts & pl.lit(not allow_duplicate_options))
+        .then(pl.lit("duplicate_options"))
+        .when(later_duplicate_id)
+        .then(pl.lit("duplicate_id"))
         .otherwise(pl.lit(None, pl.String))
     )
     field = (
-        pl.when(pl.col("_reason").is_in(["empty_question"])).then(pl.lit("question"))
-        .when(pl.col("_reason") == "answer_not_in_options").then(pl.lit("answer"))
-        .when(pl.col("_reason") == "duplicate_id").then(pl.lit("id"))
+        pl.when(pl.col("_reason").is_in(["empty_question"]))
+        .then(pl.lit("question"))
+        .when(pl.col("_reason") == "answer_not_in_options")
+        .then(pl.lit("answer"))
+        .when(pl.col("_reason") == "duplicate_id")
+        .then(pl.lit("id"))
         .otherwise(pl.lit("options"))
     )
     df = df.with_columns(reason.alias("_reason"))

@@ -63,6 +63,10 @@ class HeadQA(Source):
         aids = [int(a.get("aid", 0)) for a in answers]
         label = LABELS[aids.index(int(ra))] if int(ra) in aids else f"#{ra}"
         exam = str(raw.get("name") or "exam")
-        meta = {"exam": exam, "year": raw.get("year"), "category": raw.get("category"),
-                "image": raw.get("image") or None}
+        meta = {
+            "exam": exam,
+            "year": raw.get("year"),
+            "category": raw.get("category"),
+            "image": raw.get("image") or None,
+        }
         return Question(f"{exam}-{require_id(raw, 'qid')}", question, options, label, None, meta)

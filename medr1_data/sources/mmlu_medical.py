@@ -39,8 +39,11 @@ class MMLUMedical(Source):
         else:
             files = []
             for subject in SUBJECTS:
-                hits = [f for f in (path / f"{subject}_{suffix}.csv", path / suffix / f"{subject}_{suffix}.csv")
-                        if f.exists()]
+                hits = [
+                    f
+                    for f in (path / f"{subject}_{suffix}.csv", path / suffix / f"{subject}_{suffix}.csv")
+                    if f.exists()
+                ]
                 files.extend(hits[:1])
             if not files:
                 raise Medr1Error(f"{path}: no <subject>_{suffix}.csv files for the medical subjects")
@@ -62,8 +65,11 @@ class MMLUMedical(Source):
 
     def convert(self, raw: dict[str, Any], split: str, *, hub: bool) -> Question:
         if hub:
-            question, choices, answer, subject = raw.get("question"), raw.get("choices"), raw.get("answer"), raw.get(
-                "subject"
+            question, choices, answer, subject = (
+                raw.get("question"),
+                raw.get("choices"),
+                raw.get("answer"),
+                raw.get("subject"),
             )
             if not isinstance(choices, list):
                 raise RowError("wrong_type", "choices", "expected a list of strings")

@@ -59,7 +59,7 @@ class PubMedQA(Source):
         keep = self._split_filter(split, None if path is None else Path(path).parent)
         return (r for r in rows if isinstance(r.raw, RowError) or keep(str(r.raw.get("pubid")))), hub
 
-    def _split_filter(self, split: str, folder: Path | None):  # noqa: ANN202
+    def _split_filter(self, split: str, folder: Path | None):
         if split in ("labeled", "artificial"):
             return lambda pmid: True
         if split not in ("train", "test"):

@@ -81,9 +81,11 @@ def iter_csv(path: Path) -> Iterator[tuple[int, list[str] | RowError, str]]:
         try:
             raw.encode("utf-8")
         except UnicodeEncodeError as e:
-            yield i, RowError("invalid_utf8", None, f"character {e.start}"), raw.encode(
-                "utf-8", errors="surrogateescape"
-            ).decode("utf-8", errors="replace")
+            yield (
+                i,
+                RowError("invalid_utf8", None, f"character {e.start}"),
+                raw.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace"),
+            )
             continue
         if cells:
             yield i, cells, raw

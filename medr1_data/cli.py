@@ -1,0 +1,184 @@
+"""`medr1-data`: thin subcommands over the library; errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medr1_data import Medr1Error, __version__
+
+EXIT_ERROR = 2
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    from medr1_data.sources import all_sources
+
+    rows = [(n, ",".join(c.splits), c.license, c.hub_id or "-", c.homepage) for n, c in all_sources().items()]
+    print(_table(rows, ["source", "splits", "license", "hub id", "homepage"]))
+    return 0
+
+
+def cmd_benchmarks(args: argparse.Namespace) -> int:
+    from medr1_data.benchmarks import BENCHMARKS
+
+    rows = [(b.name, b.source, b.split, b.hub_id or "-", b.local) for b in BENCHMARKS.values()]
+    print(_table(rows, ["benchmark", "source", "split", "hub id", "file in MEDR1_BENCHMARK_DIR"]))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from medr1_data.sources import load
+
+    loaded = load(args.spec, args.split)
+    _write(loaded.table, args.out)
+    if args.rejects:
+        _write(loaded.rejects, args.rejects)
+        pq.write_table(loaded.rejects, args.rejects)
+    print(
+        _table(
+            [(args.spec, args.split, loaded.table.num_rows, loaded.rejects.num_rows)],
+            ["source", "split", "rows", "rejected"],
+        )
+    )
+    for reason, n in loaded.reject_counts().items():
+        print(f"  rejected: {reason}: {n}")
+    if loaded.rejects.num_rows and not args.rejects and not args.quiet:
+        first = loaded.rejects.slice(0, 1).to_pylist()[0]
+        print(
+            f"first reject: {first['file']} row {first['row']} field '{first['field']}': {first['reason']} "
+            f"(write them all with --rejects FILE)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _write(table: object, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True)
+    pq.write_table(table, path, compression="zstd")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from medr1_data.verify import verify
+
+    table = verify(_read(args.input))
+    _write(table, args.out)
+    counts = table.group_by("verify_reason").aggregate([("verify_reason", "count")]).to_pylist()
+    print(_table([(c["verify_reason"], c["verify_reason_count"]) for c in counts], ["verify_reason", "rows"]))
+    del pq
+    return 0
+
+
+def _read(path: Path) -> object:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except FileNotFoundError:
+        raise Medr1Error(f"{path}: no such file") from None
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet input
+        raise Medr1Error(f"{path}: cannot read as Parquet: {e}") from None
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from medr1_data.recipe import load_recipe, run, summary_rows
+
+    recipe = load_recipe(args.recipe, args.set)
+    b = run(recipe, args.out, quiet=args.quiet)
+    print(_table(summary_rows(b), ["", "rows"]))
+    print(
+        f"\nwrote {b.out}/ ({len(b.stats.get('files', []))} shard(s), README.md, manifest.json); "
+        f"build report, rejects and dropped rows in {b.build_dir}/"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    p = argparse.ArgumentParser(prog="medr1-data", description="Build and inspect the MedR1 reasoning dataset.")
+    p.add_argument("--version", action="version", version=f"medr1 {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("sources", help="list registered sources with licence and homepage")
+    s.set_defaults(func=cmd_sources)
+
+    s = sub.add_parser("benchmarks", help="list registered benchmarks (test sets) and their local file names")
+    s.set_defaults(func=cmd_benchmarks)
+
+    s = sub.add_parser("ingest", help="write the canonical table of one source split")
+    s.add_argument("spec", help="NAME (Hub copy) or NAME=PATH (native file/folder, or Hub-layout Parquet)")
+    s.add_argument("--split", required=True, help="split to read, e.g. train or test")
+    s.add_argument("--out", required=True, type=Path, help="output Parquet file")
+    s.add_argument("--rejects", type=Path, help="also write rejected rows (file, row, field, reason) here")
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("verify", help="add pred_label, is_correct, verify_reason to a table of traces")
+    s.add_argument("input", type=Path, help="Parquet file of traces (distill output)")
+    s.add_argument("--out", required=True, type=Path, help="output Parquet file")
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("build", help="run a recipe end to end (default: the offline demo)")
+    s.add_argument("--recipe", default="demo", help="bundled recipe name (demo, medr1-170k) or a YAML file")
+    s.add_argument("--out", type=Path, help="release folder (default: the recipe's output.dir)")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set teacher.samples=4 (repeatable)",
+    )
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.set_defaults(func=cmd_build)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `medr1-data`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        if argv is None and len(sys.argv) == 1:
+            args = parser.parse_args(["build"])
+        else:
+            parser.print_help()
+            return 0
+    try:
+        return args.func(args)
+    except Medr1Error as e:
+        print(f"medr1-data: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("medr1-data: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("MEDR1_DEBUG"):
+            raise
+        print(
+            f"medr1-data: internal error: {type(e).__name__}: {e} (set MEDR1_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

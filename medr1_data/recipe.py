@@ -1,0 +1,332 @@
+"""YAML recipes: read into dataclasses, then run as an ordered list of stages that each map a table to a table."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from medr1_data import Medr1Error, __version__
+from medr1_data import sources as source_registry
+from medr1_data.distill import TeacherSettings, distill
+from medr1_data.prompts import get_template
+from medr1_data.schema import REJECT_SCHEMA, normalize
+from medr1_data.select import SelectSettings, drop_counts, select, unanswered_questions
+from medr1_data.shards import ShardSettings, write_manifest, write_shards
+from medr1_data.verify import verify
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class SourceSpec:
+    """One source split to ingest: `spec` is `NAME` (Hub) or `NAME=PATH` (relative to the recipe file)."""
+
+    spec: str
+    split: str = "train"
+
+
+@dataclass
+class CardSettings:
+    """The recipe's `card` section."""
+
+    pretty_name: str = "MedR1 reasoning"
+    repo_id: str = "medr1/reasoning"
+    license: str = "mit"
+    summary: str = ""
+    demo_notice: str = ""
+    changelog: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recipe:
+    """A whole build: sources, teacher, selection, output and card, plus the stages to run in order."""
+
+    name: str
+    version: str
+    sources: list[SourceSpec]
+    teacher: TeacherSettings = field(default_factory=TeacherSettings)
+    select: SelectSettings = field(default_factory=SelectSettings)
+    output: ShardSettings = field(default_factory=ShardSettings)
+    card: CardSettings = field(default_factory=CardSettings)
+    stages: list[str] = field(default_factory=lambda: ["ingest", "distill", "verify", "select", "shards", "card"])
+    description: str = ""
+    base_dir: Path = Path(".")
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the recipe as read (overrides applied), canonical JSON."""
+        blob = json.dumps(self.raw, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def resolve(self, path: str) -> Path:
+        """A path from the recipe, relative to the recipe file's folder unless absolute."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise Medr1Error(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise Medr1Error(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+    return cls(**data)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `KEY.PATH=VALUE` overrides (VALUE parsed as YAML) to a recipe mapping."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise Medr1Error(f"override '{item}': expected KEY=VALUE, e.g. teacher.samples=4")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise Medr1Error(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A bundled recipe by name (`demo`, `medr1-170k`) or a YAML file path."""
+    bundled = RECIPES_DIR / f"{name_or_path}.yaml"
+    if bundled.exists():
+        return bundled
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise Medr1Error(f"{name_or_path}: no such recipe file or bundled recipe (bundled: {names})")
+
+
+def load_recipe(name_or_path: str = "demo", overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe into dataclasses, apply overrides, and check its keys and stage names."""
+    path = find_recipe(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise Medr1Error(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    raw = apply_overrides(raw or {}, overrides or [])
+    where = str(path)
+    data = dict(raw)
+    for key in ("name", "version", "sources"):
+        if key not in data:
+            raise Medr1Error(f"{where}: missing key '{key}'")
+    if not isinstance(data["sources"], list) or not data["sources"]:
+        raise Medr1Error(f"{where}: 'sources' must be a non-empty list")
+    data["sources"] = [_build(SourceSpec, s, f"{where}: sources[{i}]") for i, s in enumerate(data["sources"])]
+    for key, cls in (
+        ("teacher", TeacherSettings),
+        ("select", SelectSettings),
+        ("output", ShardSettings),
+        ("card", CardSettings),
+    ):
+        if key in data:
+            data[key] = _build(cls, data[key], f"{where}: {key}")
+    recipe = _build(Recipe, {**data, "base_dir": path.resolve().parent, "raw": raw}, where)
+    unknown = [s for s in recipe.stages if s not in STAGES]
+    if unknown:
+        raise Medr1Error(f"{where}: unknown stage '{unknown[0]}' (stages: {', '.join(STAGES)})")
+    get_template(recipe.teacher.template)
+    return recipe
+
+
+@dataclass
+class Build:
+    """The state of one build run: its recipe, output folders and the numbers the report and card need."""
+
+    recipe: Recipe
+    out: Path
+    build_dir: Path
+    quiet: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+    report: list[dict[str, Any]] = field(default_factory=list)
+
+    def log(self, message: str) -> None:
+        """A progress line on stderr (silent with --quiet)."""
+        if not self.quiet:
+            print(f"[medr1] {message}", file=sys.stderr, flush=True)
+
+
+def stage_ingest(_: pa.Table | None, b: Build) -> pa.Table:
+    """Read every source split of the recipe into one canonical table; rejects go to `rejects.parquet`."""
+    tables, rejects, per_source = [], [], []
+    for s in b.recipe.sources:
+        name, path = source_registry.parse_spec(s.spec)
+        source = source_registry.get_source(name)
+        loaded = source_registry.load_rows(source, s.split, b.recipe.resolve(str(path)) if path else None)
+        tables.append(loaded.table)
+        rejects.append(loaded.rejects)
+        per_source.append(
+            {
+                "name": name,
+                "split": s.split,
+                "license": source.license,
+                "homepage": source.homepage,
+                "rows_read": loaded.table.num_rows + loaded.rejects.num_rows,
+                "rejected": loaded.rejects.num_rows,
+                "reject_reasons": loaded.reject_counts(),
+            }
+        )
+        b.log(
+            f"ingest {name}/{s.split}: {loaded.table.num_rows} questions, {loaded.rejects.num_rows} rejected "
+            f"{loaded.reject_counts() or ''}".rstrip()
+        )
+    table = pa.concat_tables(tables)
+    all_rejects = pa.concat_tables(rejects) if rejects else REJECT_SCHEMA.empty_table()
+    pq.write_table(all_rejects, b.build_dir / "rejects.parquet")
+    b.stats["sources"] = per_source
+    b.stats["reject_reasons"] = source_registry.Loaded(table, all_rejects).reject_counts()
+    return table
+
+
+def stage_distill(table: pa.Table, b: Build) -> pa.Table:
+    """Teacher traces, one row per (question, sample), from the response cache."""
+    teacher = dataclasses.replace(b.recipe.teacher, cache=str(b.recipe.resolve(b.recipe.teacher.cache)))
+    return distill(table, teacher)
+
+
+def stage_verify(table: pa.Table, b: Build) -> pa.Table:
+    """`pred_label`, `is_correct`, `verify_reason`."""
+    return verify(table)
+
+
+def stage_select(table: pa.Table, b: Build) -> pa.Table:
+    """`drop_reason` for every trace that is not kept."""
+    return select(table, b.recipe.select)
+
+
+def stage_shards(table: pa.Table, b: Build) -> pa.Table:
+    """Write kept rows as release shards plus manifest; dropped rows and unanswered questions to the build folder."""
+    df = pl.from_arrow(table)
+    kept = df.filter(pl.col("drop_reason").is_null()).drop("drop_reason", "error")
+    dropped = df.filter(pl.col("drop_reason").is_not_null())
+    pq.write_table(normalize(dropped.to_arrow()), b.build_dir / "dropped.parquet")
+    unanswered = unanswered_questions(table)
+    pq.write_table(normalize(unanswered), b.build_dir / "unanswered.parquet")
+    kept_table = normalize(kept.to_arrow())
+    files = write_shards(kept_table, b.out, b.recipe.output)
+    write_manifest(b.out, files, kept_table.schema, b.recipe.raw, b.recipe.sha256)
+    b.stats.update(
+        rows=kept_table.num_rows,
+        bytes=sum(f["bytes"] for f in files),
+        files=files,
+        traces_total=table.num_rows,
+        questions_total=df["id"].n_unique(),
+        questions_kept=kept["id"].n_unique(),
+        questions_unanswered=unanswered.num_rows,
+        drop_reasons=drop_counts(table),
+        kept_by_source=dict(kept.group_by("source").agg(pl.col("id").n_unique()).sort("source").iter_rows()),
+        schema=kept_table.schema,
+    )
+    return table
+
+
+def stage_card(table: pa.Table, b: Build) -> pa.Table:
+    """Render the dataset card from the build's numbers."""
+    from medr1_data.card import render_card
+    from medr1_data.shards import schema_doc
+
+    r, s = b.recipe, b.stats
+    keep = r.select
+    selection = (
+        "the one with the best quality score (ties: shorter reasoning)"
+        if keep.keep == "best"
+        else f"up to {keep.max_per_question} distinct correct samples"
+    )
+    for src in s["sources"]:
+        src["kept"] = s["kept_by_source"].get(src["name"], 0)
+    render_card(
+        b.out,
+        s["schema"],
+        {
+            **s,
+            "split": r.output.split,
+            "pretty_name": r.card.pretty_name,
+            "repo_id": r.card.repo_id,
+            "license": r.card.license,
+            "summary": r.card.summary,
+            "demo_notice": r.card.demo_notice,
+            "version": r.version,
+            "recipe_name": r.name,
+            "recipe_sha256": r.sha256,
+            "library_version": __version__,
+            "teacher": r.teacher.public(),
+            "system_prompt": get_template(r.teacher.template).system,
+            "selection": selection,
+            "columns": schema_doc(s["schema"]),
+            "changelog": r.card.changelog or [f"v{r.version}: first release."],
+        },
+    )
+    return table
+
+
+STAGES: dict[str, Callable[[pa.Table | None, Build], pa.Table]] = {
+    "ingest": stage_ingest,
+    "distill": stage_distill,
+    "verify": stage_verify,
+    "select": stage_select,
+    "shards": stage_shards,
+    "card": stage_card,
+}
+
+
+def run(recipe: Recipe, out: Path | None = None, quiet: bool = False) -> Build:
+    """Run the recipe's stages in order; write the release to `out` and the build report beside it."""
+    out = Path(out or recipe.output.dir)
+    build_dir = out.with_name(out.name + ".build")
+    out.mkdir(parents=True, exist_ok=True)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    b = Build(recipe, out, build_dir, quiet)
+    table: pa.Table | None = None
+    for name in recipe.stages:
+        rows_in = None if table is None else table.num_rows
+        start = time.perf_counter()
+        table = STAGES[name](table, b)
+        seconds = time.perf_counter() - start
+        b.report.append({"stage": name, "rows_in": rows_in, "rows_out": table.num_rows, "seconds": round(seconds, 3)})
+        b.log(f"{name}: {table.num_rows} rows in {seconds:.2f}s")
+    report = {
+        "recipe": recipe.name,
+        "recipe_sha256": recipe.sha256,
+        "library_version": __version__,
+        "stages": b.report,
+        "summary": summary_rows(b),
+    }
+    (build_dir / "build_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return b
+
+
+def summary_rows(b: Build) -> list[tuple[str, int]]:
+    """The build summary as (what, count) rows: read, rejected per reason, traces, kept, dropped per reason."""
+    s = b.stats
+    rows: list[tuple[str, int]] = []
+    if "sources" in s:
+        rows.append(("source rows read", sum(x["rows_read"] for x in s["sources"])))
+        rows += [(f"  rejected at ingest: {k}", v) for k, v in s.get("reject_reasons", {}).items()]
+    if "traces_total" in s:
+        rows.append(("questions", s["questions_total"]))
+        rows.append(("teacher traces", s["traces_total"]))
+        rows += [(f"  dropped: {k}", v) for k, v in s["drop_reasons"].items()]
+        rows.append(("traces kept", s["rows"]))
+        rows.append(("questions kept", s["questions_kept"]))
+        rows.append(("questions with no kept trace", s["questions_unanswered"]))
+    return rows

@@ -1,0 +1,73 @@
+"""Selection: the one place rows are dropped. Fills `drop_reason`; every drop is counted by reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+import pyarrow as pa
+
+DROP_REASONS = {
+    "request_failed": "the teacher request failed after all retries",
+    "truncated": "generation hit the token limit before a committed answer",
+    "no_answer": "no committed answer could be extracted",
+    "wrong_answer": "the committed answer is not the gold answer",
+    "extra_sample": "another correct sample of the same question was kept",
+}
+
+
+@dataclass
+class SelectSettings:
+    """The recipe's `select` section."""
+
+    keep: str = "best"  # best: one correct sample per question; all_correct: up to `max_per_question`
+    max_per_question: int = 1
+    drop_truncated: bool = True
+
+
+def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
+    """Fill `drop_reason` (null = kept): wrong, unanswered, failed and truncated traces, then extra samples.
+
+    Among a question's correct samples the best is kept: highest `quality_score` when the table has one,
+    then the shorter reasoning, then the lower `sample_idx`.
+    """
+    df = pl.from_arrow(table)
+    reason = pl.col("verify_reason")
+    bad = (
+        pl.when(reason == "correct")
+        .then(pl.lit(None, pl.String))
+        .when((reason == "truncated") & pl.lit(not settings.drop_truncated))
+        .then(pl.lit(None, pl.String))
+        .otherwise(reason)
+    )
+    df = df.with_columns(bad.alias("drop_reason"))
+    score = pl.col("quality_score") if "quality_score" in df.columns else pl.lit(0.0)
+    limit = 1 if settings.keep == "best" else settings.max_per_question
+    order = (
+        df.filter(pl.col("drop_reason").is_null())
+        .with_columns((-score).alias("_neg_score"), pl.col("reasoning").str.len_chars().fill_null(0).alias("_len"))
+        .sort(["id", "_neg_score", "_len", "sample_idx"])
+        .with_columns(pl.int_range(pl.len()).over("id").alias("_rank"))
+        .filter(pl.col("_rank") >= limit)
+        .select("id", "sample_idx")
+        .with_columns(pl.lit("extra_sample").alias("_extra"))
+    )
+    df = (
+        df.join(order, on=["id", "sample_idx"], how="left", maintain_order="left")
+        .with_columns(pl.coalesce("drop_reason", "_extra").alias("drop_reason"))
+        .drop("_extra")
+    )
+    return df.to_arrow()
+
+
+def drop_counts(table: pa.Table) -> dict[str, int]:
+    """Dropped rows per reason."""
+    df = pl.from_arrow(table.select(["drop_reason"])).drop_nulls()
+    return dict(df.group_by("drop_reason").len().sort("drop_reason").iter_rows())
+
+
+def unanswered_questions(table: pa.Table) -> pa.Table:
+    """Questions none of whose samples was kept, with their ids and sources (recorded, never silently lost)."""
+    df = pl.from_arrow(table.select(["id", "source", "drop_reason"]))
+    kept = df.group_by("id", "source").agg(pl.col("drop_reason").is_null().any().alias("any_kept"))
+    return kept.filter(~pl.col("any_kept")).drop("any_kept").sort("id").to_arrow()
