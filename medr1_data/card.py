@@ -27,7 +27,8 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def card_data(schema: pa.Schema, rows: int, num_bytes: int, split: str, meta: dict[str, Any]) -> Any:
+def card_data(schema: pa.Schema, rows: int, num_bytes: int, download_size: int, split: str,
+              meta: dict[str, Any]) -> Any:
     """The YAML header: licence, task, size, configs with data_files, and `dataset_info` with features and splits."""
     import datasets
     from huggingface_hub import DatasetCardData
@@ -44,7 +45,7 @@ def card_data(schema: pa.Schema, rows: int, num_bytes: int, split: str, meta: di
     info = datasets.DatasetInfo(
         features=datasets.Features.from_arrow_schema(schema),
         splits=datasets.SplitDict({split: datasets.SplitInfo(split, num_bytes=num_bytes, num_examples=rows)}),
-        download_size=num_bytes,
+        download_size=download_size,
         dataset_size=num_bytes,
     )
     datasets.info.DatasetInfosDict({"default": info}).to_dataset_card_data(data)
@@ -55,7 +56,7 @@ def render_card(out: Path, schema: pa.Schema, stats: dict[str, Any]) -> Path:
     """Write `README.md` in `out` from the build's numbers (`stats`) and return its path."""
     from huggingface_hub import DatasetCard
 
-    data = card_data(schema, stats["rows"], stats["bytes"], stats["split"], stats)
+    data = card_data(schema, stats["rows"], stats["arrow_bytes"], stats["bytes"], stats["split"], stats)
     card = DatasetCard.from_template(data, template_path=str(template_dir() / TEMPLATE), **stats)
     path = Path(out) / "README.md"
     path.write_text(str(card).rstrip() + "\n", encoding="utf-8")

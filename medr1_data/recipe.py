@@ -228,13 +228,17 @@ def stage_shards(table: pa.Table, b: Build) -> pa.Table:
     b.stats.update(
         rows=kept_table.num_rows,
         bytes=sum(f["bytes"] for f in files),
+        arrow_bytes=kept_table.nbytes,
         files=files,
         traces_total=table.num_rows,
         questions_total=df["id"].n_unique(),
         questions_kept=kept["id"].n_unique(),
         questions_unanswered=unanswered.num_rows,
         drop_reasons=drop_counts(table),
-        kept_by_source=dict(kept.group_by("source").agg(pl.col("id").n_unique()).sort("source").iter_rows()),
+        kept_by_source={
+            f"{src}/{split}": n
+            for src, split, n in kept.group_by("source", "source_split").agg(pl.col("id").n_unique()).iter_rows()
+        },
         schema=kept_table.schema,
     )
     return table
@@ -247,13 +251,14 @@ def stage_card(table: pa.Table, b: Build) -> pa.Table:
 
     r, s = b.recipe, b.stats
     keep = r.select
-    selection = (
-        "the one with the best quality score (ties: shorter reasoning)"
-        if keep.keep == "best"
-        else f"up to {keep.max_per_question} distinct correct samples"
-    )
+    if keep.keep != "best":
+        selection = f"up to {keep.max_per_question} distinct correct samples"
+    elif "quality_score" in s["schema"].names:
+        selection = "the one with the best quality score (ties: shorter reasoning, then lower sample index)"
+    else:
+        selection = "the one with the shortest reasoning (ties: lower sample index)"
     for src in s["sources"]:
-        src["kept"] = s["kept_by_source"].get(src["name"], 0)
+        src["kept"] = s["kept_by_source"].get(f"{src['name']}/{src['split']}", 0)
     render_card(
         b.out,
         s["schema"],

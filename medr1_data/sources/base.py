@@ -116,7 +116,14 @@ class Source:
     def rows(self, split: str, path: Path | None) -> tuple[Iterator[SourceRow], bool]:
         """The rows to read, and whether they have the Hub's columns (Hub, or local Parquet shards of it)."""
         if path is None:
-            return self.hub_rows(self.hub_dataset(split), split, f"hf://{self.hub_id}"), True
+            try:
+                dataset = self.hub_dataset(split)
+            except Medr1Error:
+                raise
+            except Exception as e:  # datasets raises many types (offline, gated, missing split)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise Medr1Error(f"hf://datasets/{self.hub_id} ({split}): cannot load from the Hub: {first}") from None
+            return self.hub_rows(dataset, split, f"hf://datasets/{self.hub_id}"), True
         path = Path(path)
         if not path.exists():
             raise Medr1Error(f"{path}: no such file or folder")

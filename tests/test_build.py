@@ -1,0 +1,160 @@
+"""The offline demo build end to end: Hub layout, card, manifest, summary, reproducibility, no network."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from medr1_data import Medr1Error
+from medr1_data.recipe import load_recipe, run, summary_rows
+from medr1_data.schema import QUESTION_SCHEMA, TRACE_FIELDS, VERIFY_FIELDS
+from medr1_data.shards import MANIFEST, read_release, sha256_file
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """One demo build shared by the tests of this module, with network access refused throughout."""
+    out = tmp_path_factory.mktemp("demo") / "medr1-reasoning"
+    real_connect = socket.socket.connect
+
+    def refuse(self: socket.socket, address: object) -> None:
+        raise AssertionError(f"the demo build tried to connect to {address}")
+
+    socket.socket.connect = refuse  # type: ignore[method-assign]
+    try:
+        build = run(load_recipe("demo"), out, quiet=True)
+    finally:
+        socket.socket.connect = real_connect  # type: ignore[method-assign]
+    return build
+
+
+def test_load_dataset_opens_the_folder_like_the_hub(demo) -> None:  # noqa: ANN001
+    import datasets
+
+    ds = datasets.load_dataset(str(demo.out))
+    assert list(ds) == ["train"]
+    train = ds["train"]
+    expected = QUESTION_SCHEMA.names + [f.name for f in TRACE_FIELDS if f.name != "error"] + [
+        f.name for f in VERIFY_FIELDS]
+    assert train.column_names == expected
+    assert train.num_rows == demo.stats["rows"] == 26
+    assert all(train["is_correct"])
+    assert len(set(train["id"])) == train.num_rows  # keep=best: one trace per question
+    assert train["id"] == sorted(train["id"])
+
+
+def test_hub_layout_files(demo) -> None:  # noqa: ANN001
+    files = sorted(p.relative_to(demo.out).as_posix() for p in demo.out.rglob("*") if p.is_file())
+    assert files == ["README.md", "data/train-00000-of-00001.parquet", MANIFEST]
+    meta = pq.ParquetFile(demo.out / "data" / "train-00000-of-00001.parquet").metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_summary_counts_every_row(demo) -> None:  # noqa: ANN001
+    rows = dict(summary_rows(demo))
+    assert rows["source rows read"] == 30
+    assert rows["  rejected at ingest: no_options"] == 1
+    assert rows["  rejected at ingest: answer_not_in_options"] == 1
+    assert rows["questions"] == 28 and rows["teacher traces"] == 56
+    dropped = {k: v for k, v in rows.items() if k.startswith("  dropped")}
+    assert dropped == {"  dropped: extra_sample": 23, "  dropped: truncated": 2, "  dropped: wrong_answer": 5}
+    assert rows["traces kept"] + sum(dropped.values()) == rows["teacher traces"]
+    assert rows["questions kept"] + rows["questions with no kept trace"] == rows["questions"]
+    build_dir = demo.build_dir
+    assert pq.read_table(build_dir / "dropped.parquet").num_rows == sum(dropped.values())
+    assert pq.read_table(build_dir / "rejects.parquet").num_rows == 2
+    assert pq.read_table(build_dir / "unanswered.parquet").num_rows == 2
+    report = json.loads((build_dir / "build_report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["ingest", "distill", "verify", "select", "shards", "card"]
+
+
+def test_card_parses_and_tells_the_build_numbers(demo) -> None:  # noqa: ANN001
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(demo.out / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "mit"
+    assert data["pretty_name"] and data["task_categories"] and data["size_categories"] == ["n<1K"]
+    assert data["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert data["dataset_info"]["splits"][0]["num_examples"] == 26
+    assert [f["name"] for f in data["dataset_info"]["features"]][:3] == ["id", "source", "source_split"]
+    text = card.text
+    assert "not DeepSeek-R1 output" in text
+    assert "| dropped: `wrong_answer` | 5 |" in text
+    assert "| `no_options` | 1 |" in text
+    assert "| medmcqa (train) | MIT | 11 | 1 | 10 |" in text
+    assert "not medical advice" in text.lower() or "**It is not medical advice**" in text
+
+
+def test_manifest_checksums_and_recipe(demo) -> None:  # noqa: ANN001
+    manifest = json.loads((demo.out / MANIFEST).read_text())
+    assert manifest["recipe"]["name"] == "medr1-demo"
+    assert manifest["recipe_sha256"] == demo.recipe.sha256
+    (entry,) = manifest["files"]
+    assert entry["sha256"] == sha256_file(demo.out / entry["path"]) and entry["rows"] == 26
+    assert read_release(demo.out).num_rows == 26
+
+
+def test_corrupt_shard_is_detected(demo, tmp_path: Path) -> None:  # noqa: ANN001
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(demo.out, copy)
+    shard = copy / "data" / "train-00000-of-00001.parquet"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(Medr1Error, match="checksum does not match"):
+        read_release(copy)
+
+
+def test_two_builds_are_byte_identical(demo, tmp_path: Path) -> None:  # noqa: ANN001
+    again = run(load_recipe("demo"), tmp_path / "again", quiet=True)
+    for name in ("data/train-00000-of-00001.parquet", MANIFEST, "README.md"):
+        assert (again.out / name).read_bytes() == (demo.out / name).read_bytes(), name
+
+
+def test_overrides_and_small_shards(tmp_path: Path) -> None:
+    recipe = load_recipe("demo", ["output.shard_bytes=20000", "select.keep=all_correct", "select.max_per_question=2"])
+    b = run(recipe, tmp_path / "out", quiet=True)
+    assert len(b.stats["files"]) > 1
+    names = [f["path"] for f in b.stats["files"]]
+    n = len(names)
+    assert names == [f"data/train-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    assert read_release(b.out).num_rows == b.stats["rows"] == 49
+    assert recipe.sha256 != load_recipe("demo").sha256
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["teacher.nosuch=1"], "unknown key 'nosuch'"),
+        (["stages=[ingest, fly]"], "unknown stage 'fly'"),
+        (["teacher.template=v9"], "unknown prompt template 'v9'"),
+        (["sources=[]"], "'sources' must be a non-empty list"),
+        (["novalue"], "expected KEY=VALUE"),
+    ],
+)
+def test_bad_recipes_are_one_line_errors(overrides: list[str], message: str) -> None:
+    with pytest.raises(Medr1Error, match=message):
+        load_recipe("demo", overrides)
+
+
+def test_missing_cached_response_is_an_error_not_a_request(tmp_path: Path) -> None:
+    recipe = load_recipe("demo", ["teacher.samples=3"])
+    with pytest.raises(Medr1Error, match=r"56 of 84 teacher responses|28 of 84 teacher responses"):
+        run(recipe, tmp_path / "out", quiet=True)
+
+
+def test_real_recipe_describes_the_full_build() -> None:
+    recipe = load_recipe("medr1-170k")
+    names = {s.spec.split("=")[0] for s in recipe.sources}
+    assert {"medqa", "medmcqa", "pubmedqa", "headqa"} <= names
+    assert all("=" not in s.spec for s in recipe.sources)  # Hub copies
+    assert all(s.split != "test" for s in recipe.sources)  # test splits are benchmarks, never training data
+    assert recipe.teacher.model == "deepseek-reasoner" and recipe.teacher.api_key_env == "DEEPSEEK_API_KEY"
+    assert not recipe.teacher.offline

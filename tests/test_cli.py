@@ -1,0 +1,85 @@
+"""`medr1-data` as users run it: help on every subcommand, one-line errors with non-zero exits, outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from medr1_data.cli import build_parser, main
+
+from .conftest import FIXTURES
+
+SUBCOMMANDS = ["sources", "benchmarks", "ingest", "verify", "build"]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed console script's behaviour, in a subprocess (exit codes and stderr as users see them)."""
+    return subprocess.run([sys.executable, "-m", "medr1_data.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_every_subcommand_has_help() -> None:
+    parser = build_parser()
+    choices = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert sorted(choices) == sorted(SUBCOMMANDS)
+    for name in SUBCOMMANDS:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+
+
+def test_sources_lists_licence_and_homepage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sources"]) == 0
+    out = capsys.readouterr().out
+    for name in ("medqa", "medmcqa", "pubmedqa", "mmlu_medical", "headqa", "mcq_jsonl"):
+        assert name in out
+    assert "GBaker/MedQA-USMLE-4-options" in out and "https://medmcqa.github.io" in out
+
+
+def test_ingest_writes_table_and_rejects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "train.jsonl"
+    good = {"question": "Q?", "options": {"A": "x", "B": "y"}, "answer_idx": "A"}
+    src.write_text(json.dumps(good) + "\n" + json.dumps({**good, "question": "R?", "answer_idx": "Z"}) + "\n")
+    rc = main(["ingest", f"mcq_jsonl={src}", "--split", "train", "--out", str(tmp_path / "o" / "q.parquet"),
+               "--rejects", str(tmp_path / "r.parquet")])
+    assert rc == 0
+    assert pq.read_table(tmp_path / "o" / "q.parquet").num_rows == 1
+    rejects = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert [(r["row"], r["reason"]) for r in rejects] == [(2, "answer_not_in_options")]
+    assert "answer_not_in_options: 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ingest", "nosuch=x", "--split", "train", "--out", "o.parquet"], "unknown source 'nosuch'"),
+        (["ingest", "medqa=missing.jsonl", "--split", "test", "--out", "o.parquet"], "missing.jsonl: no such file"),
+        (["ingest", f"medmcqa={FIXTURES / 'sources' / 'medqa' / 'train.jsonl'}", "--split", "train", "--out",
+          "o.parquet"], "no row could be read as 'medmcqa'"),
+        (["ingest", "medqa", "--split", "test", "--out", "o.parquet"], "cannot load from the Hub"),
+        (["verify", "nothing.parquet", "--out", "o.parquet"], "nothing.parquet: no such file"),
+        (["build", "--recipe", "nosuch"], "no such recipe"),
+        (["build", "--set", "teacher.samples=3"], "teacher responses are not in the cache"),
+    ],
+)
+def test_errors_are_one_line_and_non_zero(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("[medr1]")]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("medr1-data: error: ") and message in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_build_with_no_arguments_runs_the_demo(tmp_path: Path) -> None:
+    proc = run_cli("build", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "traces kept" in proc.stdout and "dropped: wrong_answer" in proc.stdout
+    assert (tmp_path / "medr1-reasoning" / "data" / "train-00000-of-00001.parquet").exists()
+    assert (tmp_path / "medr1-reasoning" / "README.md").exists()
