@@ -45,12 +45,21 @@ class _Patterns:
     """Regexes built once per label set (A-D, A-J, ...) and per set of word answers (yes/no/maybe)."""
 
     def __init__(self, labels: tuple[str, ...], words: tuple[str, ...]) -> None:
-        letters = "".join(sorted(set(labels)))
+        letters = "".join(sorted(set(labels) - {"I"}))
+        # "I" is also the pronoun: "Final answer: I think it is D" must not read as option I.
+        pronoun_i = (
+            r"I(?!\s+(?:think|believe|am|would|will|guess|need|have|had|was|can|should|must|feel|chose|choose"
+            r"|pick|go|agree|suspect)\b)"
+        )
+        letter = rf"(?:[{letters}]|{pronoun_i})" if "I" in labels else rf"[{letters}]"
         alt = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-        x = rf"(?P<x>[{letters}](?![\w'’-])" + (rf"|(?i:{alt})\b" if alt else "") + ")"
+        words_alt = rf"|(?i:{alt})\b" if alt else ""
+        x = rf"(?P<x>{letter}(?![\w'’-]){words_alt})"
+        # Inside an answer tag or a box the writer meant a label, so a lowercase letter counts too.
+        xi = rf"(?P<x>[{''.join(sorted(set(labels)))}](?![\w'’-]){words_alt})"
         self.explicit = [
-            ("answer_tag", re.compile(rf"<answer>\s*(?:option\s*)?[*(\[\s]*{x}", re.IGNORECASE)),
-            ("boxed", re.compile(rf"\\boxed\{{\s*(?:\\text(?:bf)?\{{)?\s*(?:option\s*)?\(?{x}")),
+            ("answer_tag", re.compile(rf"<answer>\s*(?:option\s*)?[*(\[\s]*{xi}", re.IGNORECASE)),
+            ("boxed", re.compile(rf"\\boxed\{{\s*(?:\\text(?:bf)?\{{)?\s*(?:option\s*)?\(?{xi}", re.IGNORECASE)),
         ]
         self.statement = [
             (
@@ -58,6 +67,13 @@ class _Patterns:
                 re.compile(
                     rf"(?i:\b(?:answer(?:\s+(?:is|would\s+be|should\s+be|will\s+be|=))?|(?:correct|best|right|final)\s+"
                     rf"(?:option|choice)(?:\s+is)?))\s*[:：]?\s*[*_\s]*(?i:option\s+|choice\s+)?[(\[]?{x}"
+                ),
+            ),
+            (
+                "commit_verb",
+                re.compile(
+                    rf"(?i:\b(?:it(?:'s|’s|\s+is|\s+must\s+be|\s+would\s+be)|go(?:ing)?\s+with|choose|select|pick))"
+                    rf"\s+(?i:option\s+|choice\s+)?[(\[*]*{x}"
                 ),
             ),
             ("is_correct", re.compile(rf"(?:\*\*)?\(?{x}\)?(?:\*\*)?\s+(?i:is\s+(?:the\s+)?(?:correct|right|best))")),
@@ -82,15 +98,22 @@ def _patterns(labels: tuple[str, ...], words: tuple[str, ...]) -> _Patterns:
 def _resolve(token: str, labels: tuple[str, ...], by_word: dict[str, str]) -> str | None:
     if token in labels:
         return token
+    if len(token) == 1 and token.upper() in labels:
+        return token.upper()
     return by_word.get(token.lower())
 
 
-def _last(pattern: re.Pattern[str], text: str, labels: tuple[str, ...], by_word: dict[str, str]) -> str | None:
-    found = None
-    for m in pattern.finditer(text):
-        token = next(g for g in m.groups() if g)
-        found = _resolve(token, labels, by_word) or found
-    return found
+def _last_in_tier(
+    tier: list[tuple[str, re.Pattern[str]]], text: str, labels: tuple[str, ...], by_word: dict[str, str]
+) -> tuple[str, str] | None:
+    """(label, rule) of the match that ends last in the text, over all rules of one tier."""
+    best: tuple[int, str, str] | None = None
+    for rule, pattern in tier:
+        for m in pattern.finditer(text):
+            label = _resolve(m.group("x"), labels, by_word)
+            if label and (best is None or m.end() > best[0]):
+                best = (m.end(), label, rule)
+    return (best[1], best[2]) if best else None
 
 
 def extract(response: str | None, options: Sequence[Any], reasoning: str | None = None) -> Extraction:
@@ -102,11 +125,11 @@ def extract(response: str | None, options: Sequence[Any], reasoning: str | None 
     pats = _patterns(labels, tuple(by_word))
     text = after_thinking(response or "").strip()
     if text:
-        for rule, pattern in pats.explicit + pats.statement:
-            label = _last(pattern, text, labels, by_word)
-            if label:
-                return Extraction(label, rule, "response")
-        for line in (text.splitlines()[0], text.splitlines()[-1]):
+        for tier in (pats.explicit, pats.statement):
+            if found := _last_in_tier(tier, text, labels, by_word):
+                return Extraction(found[0], found[1], "response")
+        lines = text.splitlines()
+        for line in (lines[-1], lines[0]):
             m = pats.bare.match(line)
             if m and (label := _resolve(m.group("x"), labels, by_word)):
                 return Extraction(label, "bare_label", "response")
@@ -116,10 +139,9 @@ def extract(response: str | None, options: Sequence[Any], reasoning: str | None 
             return Extraction(label, "conclusion", "response")
     if reasoning:
         tail = reasoning[-2000:]
-        for rule, pattern in pats.explicit + pats.statement[:1]:
-            label = _last(pattern, tail, labels, by_word)
-            if label:
-                return Extraction(label, rule, "reasoning")
+        for tier in (pats.explicit, pats.statement[:1]):
+            if found := _last_in_tier(tier, tail, labels, by_word):
+                return Extraction(found[0], found[1], "reasoning")
     return Extraction(None, "none", "response" if text else "empty")
 
 

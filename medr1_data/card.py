@@ -27,8 +27,9 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def card_data(schema: pa.Schema, rows: int, num_bytes: int, download_size: int, split: str,
-              meta: dict[str, Any]) -> Any:
+def card_data(
+    schema: pa.Schema, rows: int, num_bytes: int, download_size: int, split: str, meta: dict[str, Any]
+) -> Any:
     """The YAML header: licence, task, size, configs with data_files, and `dataset_info` with features and splits."""
     import datasets
     from huggingface_hub import DatasetCardData

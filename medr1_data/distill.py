@@ -104,16 +104,35 @@ class ResponseCache:
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records durably (flush and fsync) so that a paid response survives a crash."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            _drop_partial_tail(self.path)
         with self.path.open("ab") as f:
-            if f.tell():  # a killed writer may have left a partial line: start ours on a fresh one
-                with self.path.open("rb") as r:
-                    r.seek(-1, os.SEEK_END)
-                    if r.read(1) != b"\n":
-                        f.write(b"\n")
             for rec in records:
                 f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def _drop_partial_tail(path: Path) -> None:
+    """Cut a half-written last line (a writer killed mid-record) so that appended records start on a fresh line."""
+    with path.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        block = min(size, 1 << 20)
+        while True:
+            f.seek(size - block)
+            cut = f.read(block).rfind(b"\n")
+            if cut >= 0:
+                f.truncate(size - block + cut + 1)
+                return
+            if block == size:
+                f.truncate(0)
+                return
+            block = min(size, block * 2)
 
 
 def cache_record(

@@ -28,17 +28,20 @@ class SelectSettings:
 def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
     """Fill `drop_reason` (null = kept): wrong, unanswered, failed and truncated traces, then extra samples.
 
+    A trace cut off at the token limit is dropped even when its answer is right, unless `drop_truncated` is off.
+
     Among a question's correct samples the best is kept: highest `quality_score` when the table has one,
     then the shorter reasoning, then the lower `sample_idx`.
     """
     df = pl.from_arrow(table)
     reason = pl.col("verify_reason")
+    cut_off = (pl.col("finish_reason") == "length") & pl.lit(settings.drop_truncated)
     bad = (
-        pl.when(reason == "correct")
-        .then(pl.lit(None, pl.String))
-        .when((reason == "truncated") & pl.lit(not settings.drop_truncated))
-        .then(pl.lit(None, pl.String))
-        .otherwise(reason)
+        pl.when(reason != "correct")
+        .then(reason)
+        .when(cut_off)
+        .then(pl.lit("truncated"))
+        .otherwise(pl.lit(None, pl.String))
     )
     df = df.with_columns(bad.alias("drop_reason"))
     score = pl.col("quality_score") if "quality_score" in df.columns else pl.lit(0.0)

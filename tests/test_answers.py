@@ -90,10 +90,6 @@ def test_ten_options(response: str, label: str | None) -> None:
     assert extract_label(response, TEN) == label
 
 
-@pytest.mark.xfail(
-    reason="answers.py answer_is rule: the pronoun 'I' after 'Answer:' is taken as option I when options run A-J",
-    strict=True,
-)
 def test_pronoun_i_after_answer_is_not_option_i() -> None:
     assert extract_label("Final answer: I think it is D.", TEN) == "D"
 
@@ -164,11 +160,6 @@ def test_last_committed_answer_wins(response: str, label: str) -> None:
     assert extract_label(response, MCQ) == label
 
 
-@pytest.mark.xfail(
-    reason="answers.py extract: rules are tried in a fixed order (answer_is before is_correct), so a later "
-    "commitment made by a lower-ranked rule loses although the docstring says the last commitment wins",
-    strict=True,
-)
 def test_last_commitment_wins_across_rules() -> None:
     assert extract_label("The answer is A.\nWait, on reflection, (B) is the correct answer.", MCQ) == "B"
 

@@ -12,19 +12,32 @@ from medr1_data.benchmarks import BENCHMARK_DIR_ENV, BENCHMARKS, DEFAULT_BENCHMA
 
 
 def test_required_benchmarks_are_registered() -> None:
-    assert set(DEFAULT_BENCHMARKS) == {"medqa_us_test", "medmcqa_val", "pubmedqa_test", "mmlu_medical_test",
-                                       "headqa_en_test"}
+    assert set(DEFAULT_BENCHMARKS) == {
+        "medqa_us_test",
+        "medmcqa_val",
+        "pubmedqa_test",
+        "mmlu_medical_test",
+        "headqa_en_test",
+    }
     assert BENCHMARKS["medmcqa_val"].source == "medmcqa" and BENCHMARKS["medmcqa_val"].split == "validation"
     assert BENCHMARKS["pubmedqa_test"].hub_id == "qiaojin/PubMedQA"
 
 
 @pytest.mark.parametrize(
     ("name", "count"),
-    [("medqa_us_test", 1273), ("medmcqa_val", 4183), ("pubmedqa_test", 500), ("mmlu_medical_test", 1089),
-     ("medxpertqa_r_test", 1861), ("medxpertqa_u_test", 589), ("medexqa_test", 935)],
+    [
+        ("medqa_us_test", 1273),
+        ("medmcqa_val", 4183),
+        ("pubmedqa_test", 500),
+        ("mmlu_medical_test", 1089),
+        ("medxpertqa_r_test", 1861),
+        ("medxpertqa_u_test", 589),
+        ("medexqa_test", 935),
+    ],
 )
-def test_benchmark_dir_env_loads_every_item(shared_data: Path, monkeypatch: pytest.MonkeyPatch, name: str,
-                                            count: int) -> None:
+def test_benchmark_dir_env_loads_every_item(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch, name: str, count: int
+) -> None:
     monkeypatch.setenv(BENCHMARK_DIR_ENV, str(shared_data / "benchmarks"))
     got, loaded = load_benchmark(name)
     assert got == name

@@ -16,7 +16,7 @@ from medr1_data.shards import MANIFEST, read_release, sha256_file
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def demo(tmp_path_factory: pytest.TempPathFactory):
     """One demo build shared by the tests of this module, with network access refused throughout."""
     out = tmp_path_factory.mktemp("demo") / "medr1-reasoning"
     real_connect = socket.socket.connect
@@ -32,14 +32,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     return build
 
 
-def test_load_dataset_opens_the_folder_like_the_hub(demo) -> None:  # noqa: ANN001
+def test_load_dataset_opens_the_folder_like_the_hub(demo) -> None:
     import datasets
 
     ds = datasets.load_dataset(str(demo.out))
     assert list(ds) == ["train"]
     train = ds["train"]
-    expected = QUESTION_SCHEMA.names + [f.name for f in TRACE_FIELDS if f.name != "error"] + [
-        f.name for f in VERIFY_FIELDS]
+    expected = (
+        QUESTION_SCHEMA.names + [f.name for f in TRACE_FIELDS if f.name != "error"] + [f.name for f in VERIFY_FIELDS]
+    )
     assert train.column_names == expected
     assert train.num_rows == demo.stats["rows"] == 26
     assert all(train["is_correct"])
@@ -47,14 +48,14 @@ def test_load_dataset_opens_the_folder_like_the_hub(demo) -> None:  # noqa: ANN0
     assert train["id"] == sorted(train["id"])
 
 
-def test_hub_layout_files(demo) -> None:  # noqa: ANN001
+def test_hub_layout_files(demo) -> None:
     files = sorted(p.relative_to(demo.out).as_posix() for p in demo.out.rglob("*") if p.is_file())
     assert files == ["README.md", "data/train-00000-of-00001.parquet", MANIFEST]
     meta = pq.ParquetFile(demo.out / "data" / "train-00000-of-00001.parquet").metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
 
 
-def test_summary_counts_every_row(demo) -> None:  # noqa: ANN001
+def test_summary_counts_every_row(demo) -> None:
     rows = dict(summary_rows(demo))
     assert rows["source rows read"] == 30
     assert rows["  rejected at ingest: no_options"] == 1
@@ -72,7 +73,7 @@ def test_summary_counts_every_row(demo) -> None:  # noqa: ANN001
     assert [s["stage"] for s in report["stages"]] == ["ingest", "distill", "verify", "select", "shards", "card"]
 
 
-def test_card_parses_and_tells_the_build_numbers(demo) -> None:  # noqa: ANN001
+def test_card_parses_and_tells_the_build_numbers(demo) -> None:
     from huggingface_hub import DatasetCard
 
     card = DatasetCard.load(demo.out / "README.md")
@@ -90,7 +91,7 @@ def test_card_parses_and_tells_the_build_numbers(demo) -> None:  # noqa: ANN001
     assert "not medical advice" in text.lower() or "**It is not medical advice**" in text
 
 
-def test_manifest_checksums_and_recipe(demo) -> None:  # noqa: ANN001
+def test_manifest_checksums_and_recipe(demo) -> None:
     manifest = json.loads((demo.out / MANIFEST).read_text())
     assert manifest["recipe"]["name"] == "medr1-demo"
     assert manifest["recipe_sha256"] == demo.recipe.sha256
@@ -99,7 +100,7 @@ def test_manifest_checksums_and_recipe(demo) -> None:  # noqa: ANN001
     assert read_release(demo.out).num_rows == 26
 
 
-def test_corrupt_shard_is_detected(demo, tmp_path: Path) -> None:  # noqa: ANN001
+def test_corrupt_shard_is_detected(demo, tmp_path: Path) -> None:
     import shutil
 
     copy = tmp_path / "copy"
@@ -112,7 +113,7 @@ def test_corrupt_shard_is_detected(demo, tmp_path: Path) -> None:  # noqa: ANN00
         read_release(copy)
 
 
-def test_two_builds_are_byte_identical(demo, tmp_path: Path) -> None:  # noqa: ANN001
+def test_two_builds_are_byte_identical(demo, tmp_path: Path) -> None:
     again = run(load_recipe("demo"), tmp_path / "again", quiet=True)
     for name in ("data/train-00000-of-00001.parquet", MANIFEST, "README.md"):
         assert (again.out / name).read_bytes() == (demo.out / name).read_bytes(), name

@@ -19,8 +19,9 @@ SUBCOMMANDS = ["sources", "benchmarks", "ingest", "verify", "build"]
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The installed console script's behaviour, in a subprocess (exit codes and stderr as users see them)."""
-    return subprocess.run([sys.executable, "-m", "medr1_data.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "medr1_data.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_every_subcommand_has_help() -> None:
@@ -45,8 +46,18 @@ def test_ingest_writes_table_and_rejects(tmp_path: Path, capsys: pytest.CaptureF
     src = tmp_path / "train.jsonl"
     good = {"question": "Q?", "options": {"A": "x", "B": "y"}, "answer_idx": "A"}
     src.write_text(json.dumps(good) + "\n" + json.dumps({**good, "question": "R?", "answer_idx": "Z"}) + "\n")
-    rc = main(["ingest", f"mcq_jsonl={src}", "--split", "train", "--out", str(tmp_path / "o" / "q.parquet"),
-               "--rejects", str(tmp_path / "r.parquet")])
+    rc = main(
+        [
+            "ingest",
+            f"mcq_jsonl={src}",
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "o" / "q.parquet"),
+            "--rejects",
+            str(tmp_path / "r.parquet"),
+        ]
+    )
     assert rc == 0
     assert pq.read_table(tmp_path / "o" / "q.parquet").num_rows == 1
     rejects = pq.read_table(tmp_path / "r.parquet").to_pylist()
@@ -59,8 +70,17 @@ def test_ingest_writes_table_and_rejects(tmp_path: Path, capsys: pytest.CaptureF
     [
         (["ingest", "nosuch=x", "--split", "train", "--out", "o.parquet"], "unknown source 'nosuch'"),
         (["ingest", "medqa=missing.jsonl", "--split", "test", "--out", "o.parquet"], "missing.jsonl: no such file"),
-        (["ingest", f"medmcqa={FIXTURES / 'sources' / 'medqa' / 'train.jsonl'}", "--split", "train", "--out",
-          "o.parquet"], "no row could be read as 'medmcqa'"),
+        (
+            [
+                "ingest",
+                f"medmcqa={FIXTURES / 'sources' / 'medqa' / 'train.jsonl'}",
+                "--split",
+                "train",
+                "--out",
+                "o.parquet",
+            ],
+            "no row could be read as 'medmcqa'",
+        ),
         (["ingest", "medqa", "--split", "test", "--out", "o.parquet"], "cannot load from the Hub"),
         (["verify", "nothing.parquet", "--out", "o.parquet"], "nothing.parquet: no such file"),
         (["build", "--recipe", "nosuch"], "no such recipe"),

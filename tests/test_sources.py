@@ -62,8 +62,9 @@ REAL = [
 
 
 @pytest.mark.parametrize(("name", "path", "split", "count"), REAL)
-def test_real_files_exact_counts_and_no_rejects(shared_data: Path, name: str, path: str, split: str,
-                                                count: int) -> None:
+def test_real_files_exact_counts_and_no_rejects(
+    shared_data: Path, name: str, path: str, split: str, count: int
+) -> None:
     loaded = load(f"{name}={shared_data / 'benchmarks' / path}", split)
     assert loaded.table.num_rows == count
     assert loaded.rejects.num_rows == 0, loaded.reject_counts()
@@ -83,8 +84,9 @@ def test_real_pubmedqa_test_split_is_the_official_one(shared_data: Path) -> None
     folder = shared_data / "benchmarks" / "pubmedqa"
     truth = json.loads((folder / "test_ground_truth.json").read_text())
     loaded = load(f"pubmedqa={folder}", "test")
-    got = dict(zip(loaded.table.column("source_id").to_pylist(), loaded.table.column("answer_label").to_pylist(),
-                   strict=True))
+    got = dict(
+        zip(loaded.table.column("source_id").to_pylist(), loaded.table.column("answer_label").to_pylist(), strict=True)
+    )
     assert set(got) == set(truth)
     letter = {"yes": "A", "no": "B", "maybe": "C"}
     assert all(got[k] == letter[v] for k, v in truth.items())
@@ -92,6 +94,7 @@ def test_real_pubmedqa_test_split_is_the_official_one(shared_data: Path) -> None
 
 
 # --- The Hub path: the same adapter code on local Parquet with the Hub copy's columns -----------------------
+
 
 def _hub_rows(name: str) -> list[dict]:
     d = SOURCE_FIXTURES / name
@@ -102,22 +105,38 @@ def _hub_rows(name: str) -> list[dict]:
         return [{**r, "cop": r["cop"] - 1} for r in rows]  # the Hub copy counts from 0
     if name == "pubmedqa":
         data = json.loads((d / "ori_pqal.json").read_text())
-        return [{"pubid": int(k), "question": v["QUESTION"],
-                 "context": {"contexts": v["CONTEXTS"], "labels": v["LABELS"], "meshes": v["MESHES"]},
-                 "long_answer": v["LONG_ANSWER"], "final_decision": v["final_decision"]} for k, v in data.items()]
+        return [
+            {
+                "pubid": int(k),
+                "question": v["QUESTION"],
+                "context": {"contexts": v["CONTEXTS"], "labels": v["LABELS"], "meshes": v["MESHES"]},
+                "long_answer": v["LONG_ANSWER"],
+                "final_decision": v["final_decision"],
+            }
+            for k, v in data.items()
+        ]
     if name == "mmlu_medical":
         import csv
 
         out = []
         for f in sorted(d.glob("*_dev.csv")):
             for cells in csv.reader(f.open()):
-                out.append({"question": cells[0], "subject": f.name.removesuffix("_dev.csv"), "choices": cells[1:5],
-                            "answer": "ABCD".index(cells[5])})
+                out.append(
+                    {
+                        "question": cells[0],
+                        "subject": f.name.removesuffix("_dev.csv"),
+                        "choices": cells[1:5],
+                        "answer": "ABCD".index(cells[5]),
+                    }
+                )
         return out
     if name == "headqa":
         data = json.loads((d / "train_HEAD_EN.json").read_text())
-        return [{k: exam[k] for k in ("name", "year", "category")} | item
-                for exam in data["exams"].values() for item in exam["data"]]
+        return [
+            {k: exam[k] for k in ("name", "year", "category")} | item
+            for exam in data["exams"].values()
+            for item in exam["data"]
+        ]
     raise AssertionError(name)
 
 
@@ -129,8 +148,9 @@ def test_hub_columns_give_the_same_questions(tmp_path: Path, name: str) -> None:
     hub_file.parent.mkdir()
     pq.write_table(pa.Table.from_pylist(_hub_rows(name)), hub_file)
     if name == "pubmedqa":
-        (tmp_path / "hub" / "test_ground_truth.json").write_text((SOURCE_FIXTURES / name / "test_ground_truth.json")
-                                                                 .read_text())
+        (tmp_path / "hub" / "test_ground_truth.json").write_text(
+            (SOURCE_FIXTURES / name / "test_ground_truth.json").read_text()
+        )
     hub = load(f"{name}={hub_file}", split).table
     cols = [c for c in QUESTION_SCHEMA.names if c != "meta"]
     assert hub.select(cols).to_pylist() == native.select(cols).to_pylist()
@@ -143,8 +163,11 @@ def test_bare_name_without_hub_copy_says_how_to_read_it_locally() -> None:
 
 # --- Bad input: rejected with a reason, counted, never a crash -----------------------------------------------
 
-GOOD = {"question": "Which vitamin deficiency causes scurvy?", "options": {"A": "Vitamin A", "B": "Vitamin C"},
-        "answer_idx": "B"}
+GOOD = {
+    "question": "Which vitamin deficiency causes scurvy?",
+    "options": {"A": "Vitamin A", "B": "Vitamin C"},
+    "answer_idx": "B",
+}
 
 
 def _write_lines(path: Path, lines: list[bytes], final_newline: bool = True) -> Path:
@@ -157,20 +180,20 @@ def test_malformed_rows_go_to_rejects_with_reasons(tmp_path: Path) -> None:
         return json.dumps({**GOOD, "question": f"Q{len(kw)} {GOOD['question']}", **kw}).encode()
 
     lines = [
-        json.dumps(GOOD).encode(),                                          # 1 kept
-        row(options={}),                                                    # 2 no_options
-        row(answer_idx="E"),                                                # 3 answer_not_in_options
-        row(options={"A": "Vitamin C", "B": " vitamin c"}),                 # 4 duplicate_options
-        row(question="   "),                                                # 5 empty_question
-        row(question=42),                                                   # 6 wrong_type
-        row(options={"A": "x", "B": 3}),                                    # 7 wrong_type (options.B)
+        json.dumps(GOOD).encode(),  # 1 kept
+        row(options={}),  # 2 no_options
+        row(answer_idx="E"),  # 3 answer_not_in_options
+        row(options={"A": "Vitamin C", "B": " vitamin c"}),  # 4 duplicate_options
+        row(question="   "),  # 5 empty_question
+        row(question=42),  # 6 wrong_type
+        row(options={"A": "x", "B": 3}),  # 7 wrong_type (options.B)
         b'{"question": "caf\xe9", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}',  # 8 invalid_utf8
-        b"[1, 2, 3]",                                                       # 9 wrong_type (not an object)
-        b'{"question": "broken", ',                                         # 10 invalid_json
-        row(options={"A": "only one"}, answer_idx="A"),                     # 11 single_option
-        row(options={"A": "Vitamin A", "B": ""}),                           # 12 empty_option
+        b"[1, 2, 3]",  # 9 wrong_type (not an object)
+        b'{"question": "broken", ',  # 10 invalid_json
+        row(options={"A": "only one"}, answer_idx="A"),  # 11 single_option
+        row(options={"A": "Vitamin A", "B": ""}),  # 12 empty_option
         json.dumps({**GOOD, "question": "Another clean question?"}).encode(),  # 13 kept
-        b'{"question": "cut off at the end of the file", "opti',           # 14 truncated_line
+        b'{"question": "cut off at the end of the file", "opti',  # 14 truncated_line
     ]
     path = _write_lines(tmp_path / "train.jsonl", lines, final_newline=False)
     loaded = load(f"mcq_jsonl={path}", "train")
@@ -203,8 +226,8 @@ def test_duplicate_rows_are_rejected_once(tmp_path: Path) -> None:
 
 
 def test_benchmark_loading_keeps_duplicate_option_texts(tmp_path: Path) -> None:
-    path = _write_lines(tmp_path / "test.jsonl", [json.dumps({**GOOD, "options": {"A": "x", "B": "x"}}).encode()]
-                        + [json.dumps(GOOD).encode()])
+    dup = json.dumps({**GOOD, "options": {"A": "x", "B": "x"}}).encode()
+    path = _write_lines(tmp_path / "test.jsonl", [dup, json.dumps(GOOD).encode()])
     source = get_source("mcq_jsonl")
     assert load_rows(source, "test", path).table.num_rows == 1
     assert load_rows(source, "test", path, keep_duplicate_options=True).table.num_rows == 2
@@ -240,8 +263,7 @@ def test_entry_point_plugins_are_registered(tmp_path: Path, monkeypatch: pytest.
 
     pkg = tmp_path / "medr1_plugin_demo.py"
     pkg.write_text(
-        "from medr1_data.sources.mcq_jsonl import MCQJsonl\n"
-        "class Plugin(MCQJsonl):\n    name = 'plugin_demo'\n"
+        "from medr1_data.sources.mcq_jsonl import MCQJsonl\nclass Plugin(MCQJsonl):\n    name = 'plugin_demo'\n"
     )
     dist = tmp_path / "medr1_plugin_demo-1.0.dist-info"
     dist.mkdir()

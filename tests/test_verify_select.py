@@ -20,9 +20,18 @@ OPTIONS = [
 PUBMEDQA = [{"label": "A", "text": "yes"}, {"label": "B", "text": "no"}, {"label": "C", "text": "maybe"}]
 
 
-def row(qid: str, sample_idx: int, response: str | None, *, answer: str = "C", reasoning: str | None = "thinking",
-        finish: str | None = "stop", error: str | None = None, options: list[dict] | None = None,
-        source: str = "medqa") -> dict[str, Any]:
+def row(
+    qid: str,
+    sample_idx: int,
+    response: str | None,
+    *,
+    answer: str = "C",
+    reasoning: str | None = "thinking",
+    finish: str | None = "stop",
+    error: str | None = None,
+    options: list[dict] | None = None,
+    source: str = "medqa",
+) -> dict[str, Any]:
     return {
         "id": qid,
         "source": source,
@@ -69,16 +78,23 @@ def by_key(t: pa.Table, column: str) -> dict[tuple[str, int], Any]:
         ({"response": "The answer is (C)."}, "C", True, "correct"),
         ({"response": "<answer>A</answer>"}, "A", False, "wrong_answer"),
         ({"response": "I am not sure."}, None, False, "no_answer"),
-        ({"response": "", "reasoning": "Free air under the diaphragm. So the answer is B."}, "B", False,
-         "wrong_answer"),
+        (
+            {"response": "", "reasoning": "Free air under the diaphragm. So the answer is B."},
+            "B",
+            False,
+            "wrong_answer",
+        ),
         ({"response": "", "reasoning": "So the answer is C."}, "C", True, "correct"),
         ({"response": "", "reasoning": "Hmm, lactate is", "finish": "length"}, None, False, "truncated"),
         ({"response": "", "reasoning": "So the answer is A. But", "finish": "length"}, "A", False, "truncated"),
         # A correct answer stated before the cut-off is still correct.
-        ({"response": "", "reasoning": "So the answer is C. Let me double", "finish": "length"}, "C", True,
-         "correct"),
-        ({"response": None, "reasoning": None, "finish": None, "error": "HTTP 500 after 5 retries"}, None, False,
-         "request_failed"),
+        ({"response": "", "reasoning": "So the answer is C. Let me double", "finish": "length"}, "C", True, "correct"),
+        (
+            {"response": None, "reasoning": None, "finish": None, "error": "HTTP 500 after 5 retries"},
+            None,
+            False,
+            "request_failed",
+        ),
         ({"response": "<answer>maybe</answer>", "options": PUBMEDQA, "answer": "C"}, "C", True, "correct"),
         ({"response": "The answer is no.", "options": PUBMEDQA, "answer": "A"}, "B", False, "wrong_answer"),
     ],
@@ -105,8 +121,9 @@ def test_verify_adds_typed_columns_and_keeps_the_rest() -> None:
 
 def test_verify_twice_replaces_its_columns() -> None:
     once = verify(table([row("q1", 0, "<answer>C</answer>")]))
-    twice = verify(once.set_column(once.schema.get_field_index("response"), "response",
-                                   pa.array(["<answer>B</answer>"])))
+    twice = verify(
+        once.set_column(once.schema.get_field_index("response"), "response", pa.array(["<answer>B</answer>"]))
+    )
     assert twice.column_names == once.column_names
     assert twice.column("verify_reason").to_pylist() == ["wrong_answer"]
     assert twice.column("pred_label").to_pylist() == ["B"]
@@ -168,8 +185,9 @@ def test_select_keeps_row_order_and_columns() -> None:
 
 
 def test_quality_score_ranks_before_length() -> None:
-    t = verified([row("q1", 0, "<answer>C</answer>", reasoning="x" * 500),
-                  row("q1", 1, "<answer>C</answer>", reasoning="x")])
+    t = verified(
+        [row("q1", 0, "<answer>C</answer>", reasoning="x" * 500), row("q1", 1, "<answer>C</answer>", reasoning="x")]
+    )
     t = t.append_column("quality_score", pa.array([0.9, 0.1]))
     out = select(t, SelectSettings())
     assert by_key(out, "drop_reason") == {("q1", 0): None, ("q1", 1): "extra_sample"}
@@ -192,39 +210,39 @@ def test_best_ignores_max_per_question() -> None:
     assert out.column("drop_reason").null_count == 1
 
 
-def test_drop_truncated_false_keeps_a_truncated_row() -> None:
+def test_drop_truncated_controls_correct_traces_cut_at_the_limit() -> None:
     rows = [
         row("q1", 0, "", reasoning="Thinking about the lactate", finish="length"),
         row("q1", 1, "<answer>A</answer>"),
-        row("q2", 0, "", reasoning="Thinking", finish="length"),
+        row("q2", 0, "", reasoning="So the answer is C. Let me double", finish="length"),
         row("q2", 1, "", reasoning="Thinking more", finish="length"),
     ]
     t = verified(rows)
     strict = select(t, SelectSettings(drop_truncated=True))
     assert by_key(strict, "drop_reason") == {
-        ("q1", 0): "truncated", ("q1", 1): "wrong_answer", ("q2", 0): "truncated", ("q2", 1): "truncated",
+        ("q1", 0): "truncated",
+        ("q1", 1): "wrong_answer",
+        ("q2", 0): "truncated",
+        ("q2", 1): "truncated",
     }
     lenient = select(t, SelectSettings(drop_truncated=False))
-    # A truncated row is kept in place of a correct one, subject to the same per-question limit
-    # (shorter reasoning first); wrong answers are still dropped.
+    # Off, a trace cut at the limit is kept when its committed answer is right; without one it is still dropped.
     assert by_key(lenient, "drop_reason") == {
-        ("q1", 0): None, ("q1", 1): "wrong_answer", ("q2", 0): None, ("q2", 1): "extra_sample",
+        ("q1", 0): "truncated",
+        ("q1", 1): "wrong_answer",
+        ("q2", 0): None,
+        ("q2", 1): "truncated",
     }
-    assert unanswered_questions(lenient).num_rows == 0
+    assert unanswered_questions(lenient).to_pylist() == [{"id": "q1", "source": "medqa"}]
 
 
-@pytest.mark.xfail(
-    reason="select.select with drop_truncated=False ranks truncated rows together with correct ones by reasoning "
-    "length, so a shorter truncated trace is kept and the question's correct sample is dropped as extra_sample",
-    strict=True,
-)
 def test_drop_truncated_false_prefers_a_correct_sample() -> None:
     rows = [
         row("q1", 0, "<answer>C</answer>", reasoning="x" * 400),
         row("q1", 1, "", reasoning="x" * 100, finish="length"),
     ]
     out = select(verified(rows), SelectSettings(drop_truncated=False))
-    assert by_key(out, "drop_reason")[("q1", 0)] is None
+    assert by_key(out, "drop_reason") == {("q1", 0): None, ("q1", 1): "truncated"}
 
 
 def test_unanswered_questions_and_drop_counts() -> None:
