@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+import orjson
 import polars as pl
 import pyarrow as pa
 
@@ -154,16 +155,16 @@ def load_rows(source: Source, split: str, path: Path | None = None, *, keep_dupl
     `keep_duplicate_options` keeps rows whose options repeat a text (benchmarks: every test item must be indexed).
     """
     rows, hub = source.rows(split, path)
-    cols: dict[str, list[Any]] = {
-        k: [] for k in ("source_id", "question", "options", "answer_label", "context", "meta")
-    }
+    cols: dict[str, list[Any]] = {k: [] for k in ("source_id", "question", "answer_label", "context", "meta")}
+    labels: list[str] = []
+    texts: list[str] = []
+    offsets = [0]
     where: dict[str, list[Any]] = {"_file": [], "_row": []}
     rejects: dict[str, list[Any]] = {f.name: [] for f in REJECT_SCHEMA}
 
     def reject(file: str, row: int, err: RowError, raw: str) -> None:
-        for k, v in zip(
-            REJECT_SCHEMA.names, (source.name, split, file, row, err.field, err.reason, err.detail, raw), strict=True
-        ):
+        values = (source.name, split, file, row, err.field, err.reason, err.detail, raw)
+        for k, v in zip(REJECT_SCHEMA.names, values, strict=True):
             rejects[k].append(v)
 
     for file, row, raw, text in rows:
@@ -177,20 +178,32 @@ def load_rows(source: Source, split: str, path: Path | None = None, *, keep_dupl
             continue
         cols["source_id"].append(q.source_id)
         cols["question"].append(q.question)
-        cols["options"].append([{"label": lab, "text": t} for lab, t in q.options])
         cols["answer_label"].append(q.answer_label)
         cols["context"].append(q.context)
-        cols["meta"].append(json.dumps(q.meta or {}, ensure_ascii=False, sort_keys=True, default=str))
+        cols["meta"].append(orjson.dumps(q.meta or {}, option=orjson.OPT_SORT_KEYS, default=str).decode())
+        for lab, t in q.options:
+            labels.append(lab)
+            texts.append(t)
+        offsets.append(len(labels))
         where["_file"].append(file)
         where["_row"].append(row)
 
     n = len(cols["question"])
+    options = pa.ListArray.from_arrays(
+        pa.array(offsets, pa.int32()),
+        pa.StructArray.from_arrays([pa.array(labels, pa.string()), pa.array(texts, pa.string())], ["label", "text"]),
+    ).cast(QUESTION_SCHEMA.field("options").type)
     table = pa.table(
         {
             "id": pa.array([f"{source.name}/{split}/{s}" for s in cols["source_id"]], pa.string()),
             "source": pa.array([source.name] * n, pa.string()),
             "source_split": pa.array([split] * n, pa.string()),
-            **{k: pa.array(v, QUESTION_SCHEMA.field(k).type) for k, v in cols.items()},
+            "source_id": pa.array(cols["source_id"], pa.string()),
+            "question": pa.array(cols["question"], pa.string()),
+            "options": options,
+            "answer_label": pa.array(cols["answer_label"], pa.string()),
+            "context": pa.array(cols["context"], pa.string()),
+            "meta": pa.array(cols["meta"], pa.string()),
             "license": pa.array([source.license] * n, pa.string()),
             "_file": pa.array(where["_file"], pa.string()),
             "_row": pa.array(where["_row"], pa.int64()),

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from medr1_data import Medr1Error
 
 
@@ -51,8 +53,8 @@ def iter_jsonl(path: Path) -> Iterator[Record]:
             yield i + 1, RowError("invalid_utf8", None, f"byte {e.start}"), raw
             continue
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError as e:
             reason = "truncated_line" if i == last else "invalid_json"
             yield i + 1, RowError(reason, None, e.msg), text
             continue
