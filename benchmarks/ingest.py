@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 
 
-def timed(fn) -> tuple[float, int]:  # noqa: ANN001
+def timed(fn) -> tuple[float, int]:
     start = time.perf_counter()
     n = fn()
     return time.perf_counter() - start, n
@@ -49,9 +49,11 @@ def main() -> None:
         def medr1() -> int:
             return load(f"medmcqa={path}", "train").table.num_rows
 
-        results = [("medr1 load (canonical + checks + rejects)", *timed(medr1)),
-                   ("json.loads per line (parse only)", *timed(bare_json)),
-                   ("polars read_ndjson (parse only)", *timed(polars_ndjson))]
+        results = [
+            ("medr1 load (canonical + checks + rejects)", *timed(medr1)),
+            ("json.loads per line (parse only)", *timed(bare_json)),
+            ("polars read_ndjson (parse only)", *timed(polars_ndjson)),
+        ]
     base = results[0][1]
     print(f"{'reader':44} {'rows':>8} {'seconds':>8} {'rows/s':>10} {'time vs medr1':>14}")
     for name, seconds, n in results:
