@@ -74,7 +74,9 @@ def split_reasoning(message: dict[str, Any]) -> tuple[str | None, str]:
         return m.group(1).strip(), (content[: m.start()] + content[m.end() :]).strip()
     if "</think>" in content:  # R1 chat templates pre-fill the opening <think>; only the close comes back
         head, _, tail = content.partition("</think>")
-        return head.strip(), tail.strip()
+        return head.replace("<think>", "", 1).strip(), tail.strip()
+    if content.lstrip().startswith("<think>"):  # cut off while thinking: all reasoning, no response
+        return content.lstrip()[len("<think>") :].strip(), ""
     return None, content.strip()
 
 

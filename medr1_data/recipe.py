@@ -23,6 +23,7 @@ from medr1_data import sources as source_registry
 from medr1_data.distill import TeacherSettings, distill
 from medr1_data.prompts import get_template
 from medr1_data.schema import REJECT_SCHEMA, normalize
+from medr1_data.score import ScoreSettings, score
 from medr1_data.select import SelectSettings, drop_counts, select, unanswered_questions
 from medr1_data.shards import ShardSettings, write_manifest, write_shards
 from medr1_data.verify import verify
@@ -58,10 +59,13 @@ class Recipe:
     version: str
     sources: list[SourceSpec]
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
     select: SelectSettings = field(default_factory=SelectSettings)
     output: ShardSettings = field(default_factory=ShardSettings)
     card: CardSettings = field(default_factory=CardSettings)
-    stages: list[str] = field(default_factory=lambda: ["ingest", "distill", "verify", "select", "shards", "card"])
+    stages: list[str] = field(
+        default_factory=lambda: ["ingest", "distill", "verify", "score", "select", "shards", "card"]
+    )
     description: str = ""
     base_dir: Path = Path(".")
     raw: dict[str, Any] = field(default_factory=dict)
@@ -135,6 +139,7 @@ def load_recipe(name_or_path: str = "demo", overrides: list[str] | None = None) 
     data["sources"] = [_build(SourceSpec, s, f"{where}: sources[{i}]") for i, s in enumerate(data["sources"])]
     for key, cls in (
         ("teacher", TeacherSettings),
+        ("score", ScoreSettings),
         ("select", SelectSettings),
         ("output", ShardSettings),
         ("card", CardSettings),
@@ -209,6 +214,15 @@ def stage_verify(table: pa.Table, b: Build) -> pa.Table:
     return verify(table)
 
 
+def stage_score(table: pa.Table, b: Build) -> pa.Table:
+    """The `quality` struct and `quality_score` of every trace."""
+    out = score(table, b.recipe.score)
+    flags = pl.from_arrow(out.select(["quality"])).select(pl.col("quality").struct.field("flags").explode())
+    b.stats["quality_flags"] = dict(flags.drop_nulls().group_by("flags").len().sort("flags").iter_rows())
+    b.stats["quality_weights"] = dict(b.recipe.score.weights)
+    return out
+
+
 def stage_select(table: pa.Table, b: Build) -> pa.Table:
     """`drop_reason` for every trace that is not kept."""
     return select(table, b.recipe.select)
@@ -277,6 +291,7 @@ def stage_card(table: pa.Table, b: Build) -> pa.Table:
             "teacher": r.teacher.public(),
             "system_prompt": get_template(r.teacher.template).system,
             "selection": selection,
+            "min_quality": keep.min_quality,
             "columns": schema_doc(s["schema"]),
             "changelog": r.card.changelog or [f"v{r.version}: first release."],
         },
@@ -288,6 +303,7 @@ STAGES: dict[str, Callable[[pa.Table | None, Build], pa.Table]] = {
     "ingest": stage_ingest,
     "distill": stage_distill,
     "verify": stage_verify,
+    "score": stage_score,
     "select": stage_select,
     "shards": stage_shards,
     "card": stage_card,

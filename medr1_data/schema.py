@@ -42,6 +42,7 @@ VERIFY_FIELDS: list[pa.Field] = [
     pa.field("pred_label", pa.string()),
     pa.field("is_correct", pa.bool_(), nullable=False),
     pa.field("verify_reason", pa.string(), nullable=False),
+    pa.field("answer_source", pa.string()),
 ]
 
 REJECT_SCHEMA = pa.schema(
@@ -82,6 +83,11 @@ COLUMN_DOCS: dict[str, str] = {
     "pred_label": "Option label extracted from the response (null when none was committed).",
     "is_correct": "Whether `pred_label` equals `answer_label`.",
     "verify_reason": "How the verdict was reached (`correct`, `wrong_answer`, `no_answer`, ...).",
+    "answer_source": "Where the committed answer was read: `response`, or `reasoning` when the response had none.",
+    "quality": "Trace-quality signals (lengths, truncation, structure, repetition, script mixing, flip-flops, "
+    "conclusion agreement, hedging) and the list of quality flags raised.",
+    "quality_score": "Trace quality in 0-1: 1 minus the weights of the flags raised (see medr1_data/score.py).",
+    "drop_reason": "Why a trace was not kept (null for kept rows).",
 }
 
 

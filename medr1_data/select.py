@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 import pyarrow as pa
@@ -12,8 +12,12 @@ DROP_REASONS = {
     "truncated": "generation hit the token limit before a committed answer",
     "no_answer": "no committed answer could be extracted",
     "wrong_answer": "the committed answer is not the gold answer",
+    "quality_<flag>": "a quality flag listed in `select.reject_flags` was raised (see the `quality` struct)",
+    "low_quality_score": "`quality_score` below `select.min_quality`",
+    "duplicate_sample": "the same reasoning as another correct sample of the question",
     "extra_sample": "another correct sample of the same question was kept",
 }
+DEFAULT_REJECT_FLAGS = ["truncated", "malformed", "no_answer", "conclusion_mismatch", "repetition", "language_mixing"]
 
 
 @dataclass
@@ -23,10 +27,12 @@ class SelectSettings:
     keep: str = "best"  # best: one correct sample per question; all_correct: up to `max_per_question`
     max_per_question: int = 1
     drop_truncated: bool = True
+    reject_flags: list[str] = field(default_factory=lambda: list(DEFAULT_REJECT_FLAGS))
+    min_quality: float = 0.0
 
 
 def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
-    """Fill `drop_reason` (null = kept): wrong, unanswered, failed and truncated traces, then extra samples.
+    """Fill `drop_reason` (null = kept): failed, wrong, unanswered and truncated traces, quality rejects, then extras.
 
     A trace cut off at the token limit is dropped even when its answer is right, unless `drop_truncated` is off.
 
@@ -44,6 +50,19 @@ def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
         .otherwise(pl.lit(None, pl.String))
     )
     df = df.with_columns(bad.alias("drop_reason"))
+    if "quality" in df.columns:
+        flags = pl.col("quality").struct.field("flags")
+        by_flag = [pl.when(flags.list.contains(f)).then(pl.lit(f"quality_{f}")) for f in settings.reject_flags]
+        low = pl.when(pl.col("quality_score") < settings.min_quality).then(pl.lit("low_quality_score"))
+        df = df.with_columns(pl.coalesce("drop_reason", *by_flag, low).alias("drop_reason"))
+    # Two samples with the same reasoning text are one sample: keep the first by sample index.
+    same = pl.int_range(pl.len()).over("id", pl.col("reasoning").hash()) > 0
+    df = df.with_columns(
+        pl.when(pl.col("drop_reason").is_null() & same)
+        .then(pl.lit("duplicate_sample"))
+        .otherwise("drop_reason")
+        .alias("drop_reason")
+    )
     score = pl.col("quality_score") if "quality_score" in df.columns else pl.lit(0.0)
     limit = 1 if settings.keep == "best" else settings.max_per_question
     order = (

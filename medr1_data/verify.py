@@ -5,19 +5,25 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
-from medr1_data.answers import extract
+from medr1_data.answers import REASONING_TAIL_CHARS, extract
 from medr1_data.schema import VERIFY_FIELDS
 
 
 def verify(table: pa.Table) -> pa.Table:
-    """Add `pred_label`, `is_correct` and `verify_reason` to a table of traces."""
-    cols = table.select(["response", "reasoning", "options"]).to_pydict()
-    pred = [
-        extract(resp, opts, reasoning).label
-        for resp, reasoning, opts in zip(cols["response"], cols["reasoning"], cols["options"], strict=True)
-    ]
+    """Add `pred_label`, `is_correct`, `verify_reason` and `answer_source` to a table of traces."""
+    cols = table.select(["response", "options"]).to_pydict()
+    found = [extract(resp, opts) for resp, opts in zip(cols["response"], cols["options"], strict=True)]
+    # Only rows whose response commits to nothing fall back to the end of their reasoning.
+    missing = [i for i, f in enumerate(found) if f.label is None]
+    if missing:
+        reasoning = pl.from_arrow(table.select(["reasoning"]))["reasoning"]
+        tails = reasoning.gather(missing).str.slice(-REASONING_TAIL_CHARS)
+        for i, tail in zip(missing, tails, strict=True):
+            if tail:
+                found[i] = extract(cols["response"][i], cols["options"][i], tail)
     df = pl.from_arrow(table.select(["answer_label", "finish_reason", "error"])).with_columns(
-        pl.Series("pred_label", pred, dtype=pl.String)
+        pl.Series("pred_label", [f.label for f in found], dtype=pl.String),
+        pl.Series("answer_source", [f.where if f.label else None for f in found], dtype=pl.String),
     )
     reason = (
         pl.when(pl.col("error").is_not_null())
@@ -34,6 +40,7 @@ def verify(table: pa.Table) -> pa.Table:
         pl.col("pred_label"),
         (pl.col("pred_label") == pl.col("answer_label")).fill_null(False).alias("is_correct"),
         reason.alias("verify_reason"),
+        pl.col("answer_source"),
     ).to_arrow()
     for f in VERIFY_FIELDS:
         name = f.name

@@ -232,3 +232,9 @@ def test_real_deepseek_r1_traces() -> None:
     assert total >= 800, f"expected the 851 completions with </think>, found {total}"
     assert labelled / total >= 0.99, f"no label on {total - labelled}/{total}: {misses[:5]}"
     assert agree / total >= 0.97, f"agreement with predicted_answer {agree}/{total}"
+
+
+@pytest.mark.parametrize("response", ["D,F,G,I", "A and C", "(B) / (D)"])
+def test_several_labels_commit_to_none(response: str) -> None:
+    got = extract(response, TEN, "So the answer is D.")
+    assert got.label is None and got.rule == "multiple_labels"

@@ -38,9 +38,13 @@ def test_load_dataset_opens_the_folder_like_the_hub(demo) -> None:
     ds = datasets.load_dataset(str(demo.out))
     assert list(ds) == ["train"]
     train = ds["train"]
-    expected = (
-        QUESTION_SCHEMA.names + [f.name for f in TRACE_FIELDS if f.name != "error"] + [f.name for f in VERIFY_FIELDS]
-    )
+    expected = [
+        *QUESTION_SCHEMA.names,
+        *(f.name for f in TRACE_FIELDS if f.name != "error"),
+        *(f.name for f in VERIFY_FIELDS),
+        "quality",
+        "quality_score",
+    ]
     assert train.column_names == expected
     assert train.num_rows == demo.stats["rows"] == 26
     assert all(train["is_correct"])
@@ -62,7 +66,12 @@ def test_summary_counts_every_row(demo) -> None:
     assert rows["  rejected at ingest: answer_not_in_options"] == 1
     assert rows["questions"] == 28 and rows["teacher traces"] == 56
     dropped = {k: v for k, v in rows.items() if k.startswith("  dropped")}
-    assert dropped == {"  dropped: extra_sample": 23, "  dropped: truncated": 2, "  dropped: wrong_answer": 5}
+    assert dropped == {
+        "  dropped: extra_sample": 22,
+        "  dropped: quality_repetition": 1,
+        "  dropped: truncated": 2,
+        "  dropped: wrong_answer": 5,
+    }
     assert rows["traces kept"] + sum(dropped.values()) == rows["teacher traces"]
     assert rows["questions kept"] + rows["questions with no kept trace"] == rows["questions"]
     build_dir = demo.build_dir
@@ -70,7 +79,8 @@ def test_summary_counts_every_row(demo) -> None:
     assert pq.read_table(build_dir / "rejects.parquet").num_rows == 2
     assert pq.read_table(build_dir / "unanswered.parquet").num_rows == 2
     report = json.loads((build_dir / "build_report.json").read_text())
-    assert [s["stage"] for s in report["stages"]] == ["ingest", "distill", "verify", "select", "shards", "card"]
+    stages = ["ingest", "distill", "verify", "score", "select", "shards", "card"]
+    assert [s["stage"] for s in report["stages"]] == stages
 
 
 def test_card_parses_and_tells_the_build_numbers(demo) -> None:
@@ -126,7 +136,7 @@ def test_overrides_and_small_shards(tmp_path: Path) -> None:
     names = [f["path"] for f in b.stats["files"]]
     n = len(names)
     assert names == [f"data/train-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
-    assert read_release(b.out).num_rows == b.stats["rows"] == 49
+    assert read_release(b.out).num_rows == b.stats["rows"] == 48
     assert recipe.sha256 != load_recipe("demo").sha256
 
 

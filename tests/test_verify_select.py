@@ -111,7 +111,8 @@ def test_verify_adds_typed_columns_and_keeps_the_rest() -> None:
     t = table(rows)
     out = verify(t)
     assert out.num_rows == 3
-    assert out.column_names == [*t.column_names, "pred_label", "is_correct", "verify_reason"]
+    assert out.column_names == [*t.column_names, "pred_label", "is_correct", "verify_reason", "answer_source"]
+    assert out.column("answer_source").to_pylist() == ["response", "response", None]
     assert out.schema.field("pred_label").type == pa.string()
     assert out.schema.field("is_correct").type == pa.bool_()
     assert out.schema.field("verify_reason").type == pa.string()

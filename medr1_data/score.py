@@ -1,0 +1,185 @@
+"""Trace quality: per-row signals in a `quality` struct and one `quality_score`, as polars expressions."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import polars as pl
+import pyarrow as pa
+
+from medr1_data.answers import extract
+
+# How much each flag costs: quality_score = max(0, 1 - sum of the weights of the flags a trace raises).
+# A truncated or unanswered trace is worthless for distillation; structure and consistency problems cost half;
+# repetition and script mixing make a trace a poor example without making it wrong.
+QUALITY_WEIGHTS: dict[str, float] = {
+    "truncated": 1.0,
+    "no_answer": 0.6,
+    "malformed": 0.5,
+    "conclusion_mismatch": 0.5,
+    "repetition": 0.4,
+    "language_mixing": 0.3,
+    "short_reasoning": 0.2,
+    "flip_flop": 0.1,
+    "hedging": 0.1,
+}
+FLAGS = tuple(QUALITY_WEIGHTS)
+
+# Scripts that do not belong in an English trace (Greek is left out: medical text uses α, β, µ).
+FOREIGN_SCRIPT = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Cyrillic}\p{Arabic}\p{Hebrew}\p{Thai}\p{Devanagari}]"
+HEDGE = (
+    r"(?i)\b(?:cannot|can't|can not|unable to)\s+(?:be\s+)?(?:determine|decide|say|choose|answer)"
+    r"|\bnot (?:enough|sufficient) information|\binsufficient information|\bnone of the (?:options|above)"
+    r"|\bnot (?:sure|certain)\b|\bunclear\b"
+)
+# A committed option letter: "answer is C", "option C", "(C)", "**C**". Rust regex: no look-around.
+COMMIT = (
+    r"(?i:answer|option|choice)(?:\s+(?:is|would be|should be|must be|=))?\s*:?\s*\**\(?[A-Z]\b|\([A-Z]\)|\*\*[A-Z]\*\*"
+)
+ANSWER_IS = r"(?i:answer)\s+(?:is|would be|should be|must be)\s*:?\s*\**\(?([A-Z])\b"
+
+
+@dataclass
+class ScoreSettings:
+    """The recipe's `score` section: every threshold of the quality signals, in one place."""
+
+    loop_repeats: int = 4  # a loop: one line (paragraph) of >= loop_line_chars characters occurring this often
+    loop_line_chars: int = 20
+    foreign_script_chars: int = 3  # characters of a non-Latin script in the reasoning or response
+    flip_flop_letters: int = 4  # distinct letters the reasoning commits to with "the answer is X"
+    short_reasoning_tokens: int = 30
+    conclusion_tail_chars: int = 800  # where the reasoning's own conclusion is read
+    weights: dict[str, float] = field(default_factory=lambda: dict(QUALITY_WEIGHTS))
+
+
+def _signals(s: ScoreSettings) -> list[pl.Expr]:
+    reasoning = pl.col("reasoning").fill_null("")
+    response = pl.col("response").fill_null("")
+    lines = reasoning.str.split("\n").list.eval(
+        pl.element().str.strip_chars().filter(pl.element().str.len_chars() >= s.loop_line_chars)
+    )
+    return [
+        (reasoning.str.len_bytes() // 4).cast(pl.Int64).alias("reasoning_tokens"),
+        response.str.len_chars().cast(pl.Int64).alias("response_chars"),
+        (
+            (pl.col("finish_reason") == "length").fill_null(False)
+            | ((response.str.strip_chars() == "") & (reasoning != ""))
+        ).alias("truncated"),
+        (
+            (reasoning.str.strip_chars() == "")
+            | response.str.contains("<think>|</think>")
+            | reasoning.str.contains("</think>|<answer>")
+        ).alias("malformed"),
+        (pl.col("answer_source") != "response").fill_null(True).alias("no_answer"),
+        response.str.contains(HEDGE).alias("hedging"),
+        lines.list.eval(pl.element().unique_counts().max())
+        .list.first()
+        .fill_null(0)
+        .cast(pl.Int64)
+        .alias("max_line_repeats"),
+        reasoning.str.extract_all(ANSWER_IS)
+        .list.eval(pl.element().str.extract(r"([A-Z])\W*$"))
+        .list.n_unique()
+        .cast(pl.Int64)
+        .alias("committed_letters"),
+    ]
+
+
+def _fast_conclusion(s: ScoreSettings) -> pl.Expr:
+    """The last option letter committed to near the end of the reasoning (Rust regex; confirmed in Python)."""
+    tail = pl.col("reasoning").fill_null("").str.slice(-s.conclusion_tail_chars)
+    return tail.str.extract_all(COMMIT).list.last().str.extract(r"([A-Z])\W*$").alias("conclusion_label")
+
+
+def _foreign_script_chars(df: pl.DataFrame) -> pl.Series:
+    """Characters of a foreign script in reasoning and response; the regex runs only where non-ASCII text is."""
+    total = pl.zeros(df.height, pl.Int64, eager=True)
+    for name in ("reasoning", "response"):
+        col = df[name].fill_null("")
+        rows = (col.str.len_bytes() != col.str.len_chars()).arg_true()
+        if len(rows):
+            sub = col.gather(rows)
+            hit = sub.str.contains(FOREIGN_SCRIPT).arg_true()
+            if len(hit):
+                found = sub.gather(hit).str.count_matches(FOREIGN_SCRIPT).cast(pl.Int64)
+                total = total.scatter(rows.gather(hit), total.gather(rows.gather(hit)) + found)
+    return total.alias("foreign_script_chars")
+
+
+def _confirm_conclusions(df: pl.DataFrame, s: ScoreSettings) -> pl.Series:
+    """The reasoning's conclusion where the fast regex disagrees with the answer: re-read with the full extractor."""
+    labels = df["conclusion_label"].to_list()
+    doubt = df.select(
+        (
+            pl.col("pred_label").is_not_null()
+            & (pl.col("answer_source") == "response")
+            & (pl.col("conclusion_label").is_null() | (pl.col("conclusion_label") != pl.col("pred_label")))
+        ).alias("doubt")
+    )["doubt"]
+    rows = doubt.arg_true().to_list()
+    if rows:
+        sub = (
+            df[rows].select(pl.col("reasoning").str.slice(-s.conclusion_tail_chars), "options").to_dict(as_series=False)
+        )
+        for i, tail, options in zip(rows, sub["reasoning"], sub["options"], strict=True):
+            labels[i] = extract(tail, options).label
+    return pl.Series("conclusion_label", labels, dtype=pl.String)
+
+
+def score(table: pa.Table, settings: ScoreSettings | None = None) -> pa.Table:
+    """Add the `quality` struct (signals and flags) and `quality_score` to verified traces."""
+    s = settings or ScoreSettings()
+    df = pl.from_arrow(
+        table.select(["reasoning", "response", "finish_reason", "options", "pred_label", "answer_source"])
+    )
+    # The polars signals release the GIL: compute them in a thread while Python confirms the conclusions.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        signals = pool.submit(lambda: df.select(_signals(s)).with_columns(_foreign_script_chars(df)))
+        conclusions = _confirm_conclusions(df.with_columns(_fast_conclusion(s)), s)
+        sig = pl.concat([df, signals.result()], how="horizontal").with_columns(conclusions)
+    flags = {
+        "truncated": pl.col("truncated"),
+        "no_answer": pl.col("no_answer"),
+        "malformed": pl.col("malformed"),
+        "conclusion_mismatch": (
+            pl.col("conclusion_label").is_not_null()
+            & pl.col("pred_label").is_not_null()
+            & (pl.col("conclusion_label") != pl.col("pred_label"))
+        ),
+        "repetition": pl.col("max_line_repeats") >= s.loop_repeats,
+        "language_mixing": pl.col("foreign_script_chars") >= s.foreign_script_chars,
+        "short_reasoning": pl.col("reasoning_tokens") < s.short_reasoning_tokens,
+        "flip_flop": pl.col("committed_letters") >= s.flip_flop_letters,
+        "hedging": pl.col("hedging") & pl.col("no_answer"),
+    }
+    sig = sig.with_columns(
+        pl.concat_list([pl.when(e.fill_null(False)).then(pl.lit(n)) for n, e in flags.items()])
+        .list.drop_nulls()
+        .alias("flags")
+    )
+    penalty = pl.sum_horizontal(
+        [pl.col("flags").list.contains(n).cast(pl.Float64) * s.weights.get(n, 0.0) for n in flags]
+    )
+    out = sig.select(
+        pl.struct(
+            "reasoning_tokens",
+            "response_chars",
+            "truncated",
+            "malformed",
+            "no_answer",
+            "hedging",
+            "max_line_repeats",
+            "foreign_script_chars",
+            "committed_letters",
+            "conclusion_label",
+            "flags",
+        ).alias("quality"),
+        (1.0 - penalty).clip(0.0, 1.0).round(4).alias("quality_score"),
+    ).to_arrow()
+    for name in ("quality", "quality_score"):
+        col = out.column(name)
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, col)
+    return table

@@ -1,0 +1,127 @@
+"""Trace-quality signals on real DeepSeek-R1 traces and on corrupted copies of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from medr1_data.score import FLAGS, QUALITY_WEIGHTS, ScoreSettings, score
+from medr1_data.select import SelectSettings, select
+from medr1_data.verify import verify
+
+from .corrupt import CORRUPTIONS, corrupt
+from .real_traces import load_real_traces
+
+
+@pytest.fixture(scope="module")
+def real(request: pytest.FixtureRequest) -> pa.Table:
+    """The 851 real R1 completions that contain `</think>`, verified."""
+    folder = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
+    if not folder.is_dir():
+        pytest.skip(f"real traces not found at {folder} (present in CI, absent in a user's clone)")
+    table = load_real_traces(folder)
+    table = table.filter(pa.compute.field("has_think_end"))
+    assert table.num_rows == 851
+    return verify(table)
+
+
+def flagged(table: pa.Table, flag: str) -> float:
+    """Share of rows raising `flag`."""
+    df = pl.from_arrow(score(table).select(["quality"]))
+    return df.select(pl.col("quality").struct.field("flags").list.contains(flag).mean()).item()
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_each_corruption_is_flagged_and_clean_traces_are_not(real: pa.Table, kind: str) -> None:
+    # The swapped answer must differ from what the clean trace committed to, so corrupt verified rows.
+    corrupted = verify(
+        corrupt(
+            real.drop_columns(["pred_label", "is_correct", "verify_reason", "answer_source"]).append_column(
+                "pred_label", real.column("pred_label")
+            ),
+            kind,
+            seed=7,
+        ).drop_columns(["pred_label"])
+    )
+    assert flagged(corrupted, kind) >= 0.95
+    assert flagged(real, kind) <= 0.05
+
+
+def test_real_truncated_completions_are_flagged() -> None:
+    folder = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
+    if not folder.is_dir():
+        pytest.skip(f"real traces not found at {folder}")
+    qwq = load_real_traces(folder, "qwq_32b_*.json")
+    cut = qwq.filter(pa.compute.invert(qwq.column("has_think_end")))
+    assert cut.num_rows == 58
+    assert flagged(verify(cut), "truncated") == 1.0
+    r1_cut = load_real_traces(folder)
+    r1_cut = r1_cut.filter(pa.compute.invert(r1_cut.column("has_think_end")))
+    assert r1_cut.num_rows == 11
+    assert flagged(verify(r1_cut), "truncated") == 1.0
+
+
+def _trace(reasoning: str, response: str, finish: str | None = "stop") -> dict:
+    return {
+        "reasoning": reasoning,
+        "response": response,
+        "finish_reason": finish,
+        "options": [{"label": x, "text": f"option {x}"} for x in "ABCD"],
+        "answer_label": "B",
+        "error": None,
+    }
+
+
+def _scored(rows: list[dict], settings: ScoreSettings | None = None) -> list[dict]:
+    return score(verify(pa.Table.from_pylist(rows)), settings).to_pylist()
+
+
+def test_quality_struct_and_score() -> None:
+    good = "The patient has classic findings.\nSo the answer is B because of the history.\n" * 1 + "x" * 400
+    rows = _scored([_trace(good, "<answer>B</answer>"), _trace(good, "", "length")])
+    q = rows[0]["quality"]
+    assert q["flags"] == [] and rows[0]["quality_score"] == 1.0
+    assert q["reasoning_tokens"] == len(good.encode()) // 4
+    assert q["conclusion_label"] == "B"
+    assert rows[1]["quality"]["flags"][:2] == ["truncated", "no_answer"]
+    assert rows[1]["quality_score"] == 0.0
+
+
+def test_weights_are_documented_and_tunable() -> None:
+    assert set(QUALITY_WEIGHTS) == set(FLAGS)
+    reasoning = ("x" * 200 + "\n") + "So the answer is C.\n"
+    default = _scored([_trace(reasoning, "B")])[0]
+    assert default["quality"]["flags"] == ["conclusion_mismatch"]
+    assert default["quality_score"] == pytest.approx(1 - QUALITY_WEIGHTS["conclusion_mismatch"])
+    lenient = ScoreSettings(weights={**QUALITY_WEIGHTS, "conclusion_mismatch": 0.1})
+    assert _scored([_trace(reasoning, "B")], lenient)[0]["quality_score"] == pytest.approx(0.9)
+
+
+def test_flip_flop_and_hedging() -> None:
+    flips = "".join(f"Maybe the answer is {x}. Hmm, no.\n" for x in "ABCD") + "y" * 300
+    row = _scored([_trace(flips, "I cannot determine the answer from the information given.")])[0]
+    assert row["quality"]["committed_letters"] == 4
+    assert {"flip_flop", "hedging", "no_answer"} <= set(row["quality"]["flags"])
+
+
+def test_select_drops_quality_rejects_with_their_flag() -> None:
+    base = {"source": "medqa", "sample_idx": 0}
+    rows = [
+        {**_trace("z" * 200 + "\nSo the answer is B.", "<answer>B</answer>"), "id": "q1", **base},
+        {
+            **_trace(("Loop line that repeats itself.\n" * 5) + "So the answer is B.", "<answer>B</answer>"),
+            "id": "q2",
+            **base,
+        },
+        {**_trace("z" * 200 + "\nSo the answer is B.", "<answer>B</answer>"), "id": "q3", **base},
+    ]
+    table = score(verify(pa.Table.from_pylist(rows)))
+    out = select(table, SelectSettings(min_quality=0.99, reject_flags=["repetition"]))
+    assert out.column("drop_reason").to_pylist() == [None, "quality_repetition", None]
+    lowered = ScoreSettings(weights={**QUALITY_WEIGHTS, "short_reasoning": 0.5})
+    table = score(verify(pa.Table.from_pylist([{**rows[0], "reasoning": "B."}])), lowered)
+    out = select(table, SelectSettings(min_quality=0.6, reject_flags=[]))
+    assert out.column("drop_reason").to_pylist() == ["low_quality_score"]
