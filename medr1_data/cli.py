@@ -38,15 +38,12 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
-
     from medr1_data.sources import load
 
     loaded = load(args.spec, args.split)
     _write(loaded.table, args.out)
     if args.rejects:
         _write(loaded.rejects, args.rejects)
-        pq.write_table(loaded.rejects, args.rejects)
     print(
         _table(
             [(args.spec, args.split, loaded.table.num_rows, loaded.rejects.num_rows)],
@@ -75,16 +72,44 @@ def _write(table: object, path: Path) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
-
     from medr1_data.verify import verify
 
     table = verify(_read(args.input))
     _write(table, args.out)
     counts = table.group_by("verify_reason").aggregate([("verify_reason", "count")]).to_pylist()
     print(_table([(c["verify_reason"], c["verify_reason_count"]) for c in counts], ["verify_reason", "rows"]))
-    del pq
     return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from medr1_data.score import ScoreSettings, score
+
+    table = score(_read(args.input), ScoreSettings(**_settings(args.set, ScoreSettings)))
+    _write(table, args.out)
+    df = pl.from_arrow(table.select(["quality", "quality_score"]))
+    flags = df.select(pl.col("quality").struct.field("flags").explode().drop_nulls().value_counts(sort=True))
+    rows = [(r["flags"]["flags"], r["flags"]["count"]) for r in flags.to_dicts()]
+    print(_table(rows or [("(none)", 0)], ["flag", "traces"]))
+    print(f"mean quality_score {df['quality_score'].mean():.3f} over {df.height} traces")
+    return 0
+
+
+def _settings(pairs: list[str], cls: type) -> dict:
+    """`KEY=VALUE` pairs (VALUE parsed as YAML) checked against a settings dataclass."""
+    import dataclasses
+
+    import yaml
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise Medr1Error(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(sorted(names))}")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def _read(path: Path) -> object:
@@ -136,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path, help="output Parquet file")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("score", help="add the quality struct and quality_score to verified traces")
+    s.add_argument("input", type=Path, help="Parquet file of verified traces (verify output)")
+    s.add_argument("--out", required=True, type=Path, help="output Parquet file")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a threshold of the score settings, e.g. --set loop_repeats=5",
+    )
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("build", help="run a recipe end to end (default: the offline demo)")
     s.add_argument("--recipe", default="demo", help="bundled recipe name (demo, medr1-170k) or a YAML file")

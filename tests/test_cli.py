@@ -14,7 +14,7 @@ from medr1_data.cli import build_parser, main
 
 from .conftest import FIXTURES
 
-SUBCOMMANDS = ["sources", "benchmarks", "ingest", "verify", "build"]
+SUBCOMMANDS = ["sources", "benchmarks", "ingest", "verify", "score", "build"]
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -103,3 +103,21 @@ def test_build_with_no_arguments_runs_the_demo(tmp_path: Path) -> None:
     assert "traces kept" in proc.stdout and "dropped: wrong_answer" in proc.stdout
     assert (tmp_path / "medr1-reasoning" / "data" / "train-00000-of-00001.parquet").exists()
     assert (tmp_path / "medr1-reasoning" / "README.md").exists()
+
+
+def test_verify_then_score_on_a_built_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medr1_data.recipe import load_recipe, run
+
+    b = run(load_recipe("demo"), tmp_path / "rel", quiet=True)
+    traces = pq.read_table(b.build_dir / "dropped.parquet").drop_columns(["quality", "quality_score"])
+    pq.write_table(traces, tmp_path / "t.parquet")
+    assert main(["verify", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "v.parquet")]) == 0
+    assert "wrong_answer" in capsys.readouterr().out
+    assert (
+        main(["score", str(tmp_path / "v.parquet"), "--out", str(tmp_path / "s.parquet"), "--set", "loop_repeats=4"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "truncated" in out and "mean quality_score" in out
+    assert pq.read_table(tmp_path / "s.parquet").column("quality_score").null_count == 0
+    assert main(["score", str(tmp_path / "v.parquet"), "--out", "x.parquet", "--set", "nosuch=1"]) == 2
