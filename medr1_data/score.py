@@ -127,11 +127,21 @@ def _confirm_conclusions(df: pl.DataFrame, s: ScoreSettings) -> pl.Series:
     return pl.Series("conclusion_label", labels, dtype=pl.String)
 
 
+def _chunked(df: pl.DataFrame, rows_per_chunk: int = 8192) -> pl.DataFrame:
+    """Polars runs a string kernel on one thread per chunk: give a large single-chunk frame several chunks."""
+    if df.n_chunks() > 1 or df.height <= rows_per_chunk:
+        return df
+    parts = [df.slice(i, rows_per_chunk) for i in range(0, df.height, rows_per_chunk)]
+    return pl.concat(parts, rechunk=False)
+
+
 def score(table: pa.Table, settings: ScoreSettings | None = None) -> pa.Table:
     """Add the `quality` struct (signals and flags) and `quality_score` to verified traces."""
     s = settings or ScoreSettings()
-    df = pl.from_arrow(
-        table.select(["reasoning", "response", "finish_reason", "options", "pred_label", "answer_source"])
+    df = _chunked(
+        pl.from_arrow(
+            table.select(["reasoning", "response", "finish_reason", "options", "pred_label", "answer_source"])
+        )
     )
     # The polars signals release the GIL: compute them in a thread while Python confirms the conclusions.
     with ThreadPoolExecutor(max_workers=1) as pool:
