@@ -123,6 +123,93 @@ def _read(path: Path) -> object:
         raise Medr1Error(f"{path}: cannot read as Parquet: {e}") from None
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from medr1_data.distill import TeacherSettings, estimate, run_distill
+
+    exit_missing = 3  # the run ended but some responses are still missing: rerun the same command
+    url = args.base_url
+    endpoint = args.endpoint or ("deepseek" if url is None or "api.deepseek.com" in url else "openai")
+    key_env = args.api_key_env
+    if key_env is None:
+        key_env = "DEEPSEEK_API_KEY" if endpoint == "deepseek" else ""
+    options = {
+        "template": args.template,
+        "samples": args.samples,
+        "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "request_timeout": args.request_timeout,
+        "max_retries": args.max_retries,
+        "price_input_cache_hit_per_m": args.price_input_cache_hit,
+        "price_input_per_m": args.price_input,
+        "price_output_per_m": args.price_output,
+        "expected_completion_tokens": args.expected_completion_tokens,
+    }
+    teacher = TeacherSettings(
+        model=args.model,
+        endpoint=endpoint,
+        base_url=url,
+        api_key_env=key_env or None,
+        cache=str(args.cache),
+        offline=args.offline,
+        **{k: v for k, v in options.items() if v is not None},
+    )
+    table = _read(args.input)
+    if args.estimate:
+        print(_table(estimate(table, teacher), ["", "estimate"]))
+        return 0
+    if args.out is None:
+        raise Medr1Error("--out is required (only --estimate runs without it)")
+    result = run_distill(table, teacher, quiet=args.quiet)
+    _write(result.table, args.out)
+    print(_table(result.summary(), ["", "value"]))
+    if result.missing:
+        failed = ", ".join(f"{k} {v}" for k, v in result.stats.failures.most_common()) or "not requested"
+        stopped = f"; stopped early: {result.stats.stopped}" if result.stats.stopped else ""
+        print(
+            f"medr1-data: error: {result.missing} of {result.table.num_rows} teacher responses are missing "
+            f"({failed}){stopped}; {args.out} has them with `error`; rerun the same command to request them again",
+            file=sys.stderr,
+        )
+        return exit_missing
+    return 0
+
+
+def cmd_decontam(args: argparse.Namespace) -> int:
+    import json
+
+    from medr1_data.benchmarks import load_benchmark
+    from medr1_data.decontam import DecontamSettings, decontaminate
+
+    table = _read(args.input)
+    benches = []
+    for spec in args.benchmark:
+        name, loaded = load_benchmark(spec, args.benchmark_dir)
+        benches.append((name, loaded.table))
+    out, report = decontaminate(table, benches, DecontamSettings(**_settings(args.set, DecontamSettings)))
+    _write(out, args.out)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    rows = [(n, b["items_indexed"], b["rows_flagged"]) for n, b in report["benchmarks"].items()]
+    print(_table(rows, ["benchmark", "items indexed", "rows flagged"]))
+    print(f"{report['rows_flagged']} of {report['rows']} rows contaminated ({report['elapsed_seconds']:.1f}s)")
+    return 0
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from medr1_data.dedup import DedupSettings, dedup
+
+    out = dedup(_read(args.input), DedupSettings(**_settings(args.set, DedupSettings)))
+    _write(out, args.out)
+    df = pl.from_arrow(out.select(["dup_cluster", "dup_keep"]))
+    clusters = df.filter(pl.col("dup_cluster").is_duplicated())["dup_cluster"].n_unique()
+    print(f"{df.height} rows, {clusters} near-duplicate clusters, {int((~df['dup_keep']).sum())} rows not kept")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from medr1_data.recipe import load_recipe, run, summary_rows
 
@@ -174,6 +261,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser(
+        "distill",
+        help="ask the teacher for every (question, sample) missing from the response cache; write the traces",
+        description="One request per (question, sample) to an OpenAI-compatible endpoint (DeepSeek's API, vLLM or "
+        "SGLang serving DeepSeek-R1, other providers). Successful responses go to an append-only cache at once; "
+        "rerunning the same command requests only what is missing. Exit code 3: some responses are still missing.",
+    )
+    s.add_argument("input", type=Path, help="Parquet file of questions (ingest output)")
+    s.add_argument("--out", type=Path, help="output Parquet file: one row per (id, sample_idx)")
+    s.add_argument("--model", required=True, help="model name at the endpoint, e.g. deepseek-reasoner")
+    s.add_argument("--base-url", help="OpenAI-compatible base URL, e.g. https://api.deepseek.com, http://host:8000/v1")
+    s.add_argument(
+        "--endpoint",
+        choices=["deepseek", "vllm", "sglang", "openai"],
+        help="kind of endpoint, for the price table (default: deepseek for api.deepseek.com, else openai)",
+    )
+    s.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="environment variable holding the API key (default: DEEPSEEK_API_KEY for DeepSeek, else none)",
+    )
+    s.add_argument("--template", help="prompt template name (default: medr1-mcq-v1)")
+    s.add_argument("--samples", type=int, help="samples per question (default: 1)")
+    s.add_argument("--concurrency", type=int, help="requests in flight (default: 16)")
+    s.add_argument("--max-tokens", type=int, help="completion token limit, thinking included (default: 32768)")
+    s.add_argument("--temperature", type=float, help="sampling temperature (default: 0.6)")
+    s.add_argument("--top-p", type=float, help="nucleus sampling (default: 0.95)")
+    s.add_argument("--request-timeout", type=float, metavar="S", help="seconds per request (default: 1800)")
+    s.add_argument("--max-retries", type=int, metavar="K", help="retries per request (default: 6)")
+    s.add_argument("--cache", type=Path, default=Path("cache/teacher"), metavar="DIR", help="cache (%(default)s)")
+    s.add_argument("--price-input", type=float, metavar="USD", help="USD per 1M input tokens (cache miss)")
+    s.add_argument("--price-input-cache-hit", type=float, metavar="USD", help="USD per 1M cached input tokens")
+    s.add_argument("--price-output", type=float, metavar="USD", help="USD per 1M output tokens")
+    s.add_argument(
+        "--expected-completion-tokens", type=int, metavar="N", help="for --estimate before the cache has responses"
+    )
+    s.add_argument("--estimate", action="store_true", help="print requests, tokens and cost; request nothing")
+    s.add_argument("--offline", action="store_true", help="serve from the cache only; request nothing")
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.set_defaults(func=cmd_distill)
+
+    s = sub.add_parser("decontam", help="flag rows that match a benchmark test item (contam_* columns)")
+    s.add_argument("input", type=Path, help="Parquet file of canonical question rows (extra columns pass through)")
+    s.add_argument(
+        "--benchmark",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="NAME (registered, from the Hub or --benchmark-dir), NAME=PATH, or mcq:NAME=PATH; repeatable",
+    )
+    s.add_argument(
+        "--benchmark-dir",
+        type=Path,
+        help="folder laid out like the reference benchmarks (default: $MEDR1_BENCHMARK_DIR)",
+    )
+    s.add_argument("--out", required=True, type=Path, help="output Parquet file")
+    s.add_argument("--report", type=Path, help="write the JSON report (per benchmark items and flags, parameters)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DecontamSettings key")
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.set_defaults(func=cmd_decontam)
+
+    s = sub.add_parser("dedup", help="cluster near-duplicate questions (dup_cluster, dup_keep columns)")
+    s.add_argument("input", type=Path, help="Parquet file of canonical question rows")
+    s.add_argument("--out", required=True, type=Path, help="output Parquet file")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DedupSettings key")
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.set_defaults(func=cmd_dedup)
 
     s = sub.add_parser("build", help="run a recipe end to end (default: the offline demo)")
     s.add_argument("--recipe", default="demo", help="bundled recipe name (demo, medr1-170k) or a YAML file")

@@ -20,15 +20,17 @@ import yaml
 
 from medr1_data import Medr1Error, __version__
 from medr1_data import sources as source_registry
+from medr1_data.benchmarks import DEFAULT_BENCHMARKS
 from medr1_data.distill import TeacherSettings, distill
 from medr1_data.prompts import get_template
-from medr1_data.schema import REJECT_SCHEMA, normalize
+from medr1_data.schema import REJECT_SCHEMA, TRACE_FIELDS, normalize
 from medr1_data.score import ScoreSettings, score
 from medr1_data.select import SelectSettings, drop_counts, select, unanswered_questions
 from medr1_data.shards import ShardSettings, write_manifest, write_shards
 from medr1_data.verify import verify
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+PRE_TEACHER_DROPS = ("contaminated", "near_duplicate")  # question-level drops made before any request is paid
 
 
 @dataclass
@@ -37,6 +39,22 @@ class SourceSpec:
 
     spec: str
     split: str = "train"
+
+
+@dataclass
+class DecontamRecipe:
+    """The recipe's `decontam` section: benchmark specs (relative paths resolved) and DecontamSettings overrides."""
+
+    benchmarks: list[str] = field(default_factory=lambda: list(DEFAULT_BENCHMARKS))
+    benchmark_dir: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DedupRecipe:
+    """The recipe's `dedup` section: DedupSettings overrides."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,12 +77,24 @@ class Recipe:
     version: str
     sources: list[SourceSpec]
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
+    decontam: DecontamRecipe = field(default_factory=DecontamRecipe)
+    dedup: DedupRecipe = field(default_factory=DedupRecipe)
     score: ScoreSettings = field(default_factory=ScoreSettings)
     select: SelectSettings = field(default_factory=SelectSettings)
     output: ShardSettings = field(default_factory=ShardSettings)
     card: CardSettings = field(default_factory=CardSettings)
     stages: list[str] = field(
-        default_factory=lambda: ["ingest", "distill", "verify", "score", "select", "shards", "card"]
+        default_factory=lambda: [
+            "ingest",
+            "decontam",
+            "dedup",
+            "distill",
+            "verify",
+            "score",
+            "select",
+            "shards",
+            "card",
+        ]
     )
     description: str = ""
     base_dir: Path = Path(".")
@@ -139,6 +169,8 @@ def load_recipe(name_or_path: str = "demo", overrides: list[str] | None = None) 
     data["sources"] = [_build(SourceSpec, s, f"{where}: sources[{i}]") for i, s in enumerate(data["sources"])]
     for key, cls in (
         ("teacher", TeacherSettings),
+        ("decontam", DecontamRecipe),
+        ("dedup", DedupRecipe),
         ("score", ScoreSettings),
         ("select", SelectSettings),
         ("output", ShardSettings),
@@ -203,10 +235,77 @@ def stage_ingest(_: pa.Table | None, b: Build) -> pa.Table:
     return table
 
 
+def _mark_dropped(table: pa.Table, reason: pl.Expr, name: str) -> pa.Table:
+    """Fill `drop_reason` with `name` where `reason` holds and no earlier stage gave a reason."""
+    df = pl.from_arrow(table)
+    current = pl.col("drop_reason") if "drop_reason" in df.columns else pl.lit(None, pl.String)
+    df = df.with_columns(pl.coalesce(current, pl.when(reason).then(pl.lit(name))).alias("drop_reason"))
+    return df.to_arrow()
+
+
+def _benchmark_spec(spec: str, r: Recipe) -> str:
+    """A benchmark spec with its PATH (if any) resolved against the recipe's folder."""
+    head, sep, path = spec.partition("=")
+    return f"{head}={r.resolve(path)}" if sep else spec
+
+
+def stage_decontam(table: pa.Table, b: Build) -> pa.Table:
+    """`contam_*` columns against every benchmark of the recipe; contaminated questions get a drop_reason."""
+    from medr1_data.benchmarks import load_benchmark
+    from medr1_data.decontam import DecontamSettings, decontaminate
+
+    r = b.recipe
+    folder = r.resolve(r.decontam.benchmark_dir) if r.decontam.benchmark_dir else None
+    benches = []
+    for spec in r.decontam.benchmarks:
+        name, loaded = load_benchmark(_benchmark_spec(spec, r), folder)
+        benches.append((name, loaded.table))
+    out, report = decontaminate(table, benches, _settings(DecontamSettings, r.decontam.settings, "decontam"))
+    b.stats["decontam"] = report
+    (b.build_dir / "decontam_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    b.log(f"decontam: {report['rows_flagged']} of {report['rows']} rows match a benchmark item")
+    return _mark_dropped(out, pl.col("contaminated"), "contaminated")
+
+
+def stage_dedup(table: pa.Table, b: Build) -> pa.Table:
+    """`dup_cluster` for every question; all but one question per cluster get a drop_reason."""
+    from medr1_data.dedup import DedupSettings, dedup
+
+    out = dedup(table, _settings(DedupSettings, b.recipe.dedup.settings, "dedup"))
+    clusters = pl.from_arrow(out.select(["dup_cluster", "dup_keep"]))
+    b.stats["dedup"] = {
+        "questions": clusters.height,
+        "clusters_with_duplicates": clusters.filter(pl.col("dup_cluster").is_duplicated())["dup_cluster"].n_unique(),
+        "duplicates": int((~clusters["dup_keep"]).sum()),
+        "parameters": dataclasses.asdict(_settings(DedupSettings, b.recipe.dedup.settings, "dedup")),
+    }
+    return _mark_dropped(out, ~pl.col("dup_keep"), "near_duplicate")
+
+
+def _settings(cls: type, values: dict[str, Any], section: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise Medr1Error(f"recipe {section}.settings: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+    return cls(**values)
+
+
 def stage_distill(table: pa.Table, b: Build) -> pa.Table:
-    """Teacher traces, one row per (question, sample), from the response cache."""
+    """Teacher traces, one row per (question, sample); questions already dropped are not sent (nothing is paid)."""
     teacher = dataclasses.replace(b.recipe.teacher, cache=str(b.recipe.resolve(b.recipe.teacher.cache)))
-    return distill(table, teacher)
+    if "drop_reason" not in table.column_names:
+        return distill(table, teacher, quiet=b.quiet)
+    active = table.filter(pa.compute.is_null(table.column("drop_reason")))
+    skipped = table.filter(pa.compute.is_valid(table.column("drop_reason")))
+    traces = distill(active.drop_columns(["drop_reason"]), teacher, quiet=b.quiet)
+    traces = traces.append_column("drop_reason", pa.nulls(traces.num_rows, pa.string()))
+    # A dropped question stays as one row (sample 0, no trace) so that its drop is counted and written out.
+    for f in TRACE_FIELDS:
+        value = (
+            pa.array([0] * skipped.num_rows, f.type) if f.name == "sample_idx" else pa.nulls(skipped.num_rows, f.type)
+        )
+        skipped = skipped.append_column(f, value)
+    return pa.concat_tables([traces, skipped.select(traces.column_names).cast(traces.schema)])
 
 
 def stage_verify(table: pa.Table, b: Build) -> pa.Table:
@@ -231,7 +330,8 @@ def stage_select(table: pa.Table, b: Build) -> pa.Table:
 def stage_shards(table: pa.Table, b: Build) -> pa.Table:
     """Write kept rows as release shards plus manifest; dropped rows and unanswered questions to the build folder."""
     df = pl.from_arrow(table)
-    kept = df.filter(pl.col("drop_reason").is_null()).drop("drop_reason", "error")
+    internal = ["drop_reason", "error", "dup_keep", "contam_benchmark", "contam_item_id", "contam_score", "contam_rule"]
+    kept = df.filter(pl.col("drop_reason").is_null()).drop([c for c in internal if c in df.columns])
     dropped = df.filter(pl.col("drop_reason").is_not_null())
     pq.write_table(normalize(dropped.to_arrow()), b.build_dir / "dropped.parquet")
     unanswered = unanswered_questions(table)
@@ -244,7 +344,8 @@ def stage_shards(table: pa.Table, b: Build) -> pa.Table:
         bytes=sum(f["bytes"] for f in files),
         arrow_bytes=kept_table.nbytes,
         files=files,
-        traces_total=table.num_rows,
+        traces_total=df.filter(pl.col("drop_reason").is_null() | pl.col("reasoning").is_not_null()).height,
+        questions_not_sent=df.filter(pl.col("drop_reason").is_in(PRE_TEACHER_DROPS)).height,
         questions_total=df["id"].n_unique(),
         questions_kept=kept["id"].n_unique(),
         questions_unanswered=unanswered.num_rows,
@@ -301,6 +402,8 @@ def stage_card(table: pa.Table, b: Build) -> pa.Table:
 
 STAGES: dict[str, Callable[[pa.Table | None, Build], pa.Table]] = {
     "ingest": stage_ingest,
+    "decontam": stage_decontam,
+    "dedup": stage_dedup,
     "distill": stage_distill,
     "verify": stage_verify,
     "score": stage_score,
@@ -344,9 +447,12 @@ def summary_rows(b: Build) -> list[tuple[str, int]]:
         rows.append(("source rows read", sum(x["rows_read"] for x in s["sources"])))
         rows += [(f"  rejected at ingest: {k}", v) for k, v in s.get("reject_reasons", {}).items()]
     if "traces_total" in s:
+        before = {k: v for k, v in s["drop_reasons"].items() if k in PRE_TEACHER_DROPS}
+        after = {k: v for k, v in s["drop_reasons"].items() if k not in PRE_TEACHER_DROPS}
         rows.append(("questions", s["questions_total"]))
+        rows += [(f"  not sent to the teacher: {k}", v) for k, v in before.items()]
         rows.append(("teacher traces", s["traces_total"]))
-        rows += [(f"  dropped: {k}", v) for k, v in s["drop_reasons"].items()]
+        rows += [(f"  dropped: {k}", v) for k, v in after.items()]
         rows.append(("traces kept", s["rows"]))
         rows.append(("questions kept", s["questions_kept"]))
         rows.append(("questions with no kept trace", s["questions_unanswered"]))

@@ -88,6 +88,13 @@ COLUMN_DOCS: dict[str, str] = {
     "conclusion agreement, hedging) and the list of quality flags raised.",
     "quality_score": "Trace quality in 0-1: 1 minus the weights of the flags raised (see medr1_data/score.py).",
     "drop_reason": "Why a trace was not kept (null for kept rows).",
+    "contaminated": "Whether the question matched a benchmark test item (always false in a release).",
+    "contam_benchmark": "The benchmark whose item the question matched (null when clean).",
+    "contam_item_id": "The matched benchmark item's own id.",
+    "contam_score": "Strength of the match in 0-1.",
+    "contam_rule": "Which decontamination check fired.",
+    "dup_cluster": "Id of the kept question of this question's near-duplicate cluster (its own id when unique).",
+    "dup_keep": "Whether this question is the one kept from its near-duplicate cluster.",
 }
 
 

@@ -49,7 +49,8 @@ def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
         .then(pl.lit("truncated"))
         .otherwise(pl.lit(None, pl.String))
     )
-    df = df.with_columns(bad.alias("drop_reason"))
+    earlier = pl.col("drop_reason") if "drop_reason" in df.columns else pl.lit(None, pl.String)
+    df = df.with_columns(pl.coalesce(earlier, bad).alias("drop_reason"))
     if "quality" in df.columns:
         flags = pl.col("quality").struct.field("flags")
         by_flag = [pl.when(flags.list.contains(f)).then(pl.lit(f"quality_{f}")) for f in settings.reject_flags]

@@ -20,7 +20,8 @@ def load_real_traces(folder: Path, pattern: str = "deepseek_r1_*.json") -> pa.Ta
             options = r["options"] if isinstance(r["options"], dict) else ast.literal_eval(r["options"])
             completion = r["completion"]
             reasoning, response = split_reasoning({"content": completion})
-            usage = ast.literal_eval(r["token_usage"]) if isinstance(r.get("token_usage"), str) else {}
+            usage = r.get("token_usage") or {}
+            usage = ast.literal_eval(usage) if isinstance(usage, str) else usage
             rows.append(
                 {
                     "id": f"{file.stem}/{i}",

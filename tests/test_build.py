@@ -41,12 +41,15 @@ def test_load_dataset_opens_the_folder_like_the_hub(demo) -> None:
     expected = [
         *QUESTION_SCHEMA.names,
         *(f.name for f in TRACE_FIELDS if f.name != "error"),
+        "contaminated",
+        "dup_cluster",
         *(f.name for f in VERIFY_FIELDS),
         "quality",
         "quality_score",
     ]
     assert train.column_names == expected
-    assert train.num_rows == demo.stats["rows"] == 26
+    assert train.num_rows == demo.stats["rows"] == 25
+    assert not any(train["contaminated"])
     assert all(train["is_correct"])
     assert len(set(train["id"])) == train.num_rows  # keep=best: one trace per question
     assert train["id"] == sorted(train["id"])
@@ -64,22 +67,27 @@ def test_summary_counts_every_row(demo) -> None:
     assert rows["source rows read"] == 30
     assert rows["  rejected at ingest: no_options"] == 1
     assert rows["  rejected at ingest: answer_not_in_options"] == 1
-    assert rows["questions"] == 28 and rows["teacher traces"] == 56
+    assert rows["questions"] == 28 and rows["teacher traces"] == 54
+    assert rows["  not sent to the teacher: contaminated"] == 1
     dropped = {k: v for k, v in rows.items() if k.startswith("  dropped")}
     assert dropped == {
-        "  dropped: extra_sample": 22,
+        "  dropped: extra_sample": 21,
         "  dropped: quality_repetition": 1,
         "  dropped: truncated": 2,
         "  dropped: wrong_answer": 5,
     }
     assert rows["traces kept"] + sum(dropped.values()) == rows["teacher traces"]
+    assert rows["traces kept"] == 25
     assert rows["questions kept"] + rows["questions with no kept trace"] == rows["questions"]
     build_dir = demo.build_dir
-    assert pq.read_table(build_dir / "dropped.parquet").num_rows == sum(dropped.values())
+    assert pq.read_table(build_dir / "dropped.parquet").num_rows == sum(dropped.values()) + 1
     assert pq.read_table(build_dir / "rejects.parquet").num_rows == 2
-    assert pq.read_table(build_dir / "unanswered.parquet").num_rows == 2
+    assert pq.read_table(build_dir / "unanswered.parquet").num_rows == 3
+    decontam = json.loads((build_dir / "decontam_report.json").read_text())
+    assert decontam["benchmarks"]["demo_test"]["items_indexed"] == 3
+    assert decontam["benchmarks"]["demo_test"]["rows_flagged"] == 1
     report = json.loads((build_dir / "build_report.json").read_text())
-    stages = ["ingest", "distill", "verify", "score", "select", "shards", "card"]
+    stages = ["ingest", "decontam", "dedup", "distill", "verify", "score", "select", "shards", "card"]
     assert [s["stage"] for s in report["stages"]] == stages
 
 
@@ -91,13 +99,14 @@ def test_card_parses_and_tells_the_build_numbers(demo) -> None:
     assert data["license"] == "mit"
     assert data["pretty_name"] and data["task_categories"] and data["size_categories"] == ["n<1K"]
     assert data["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
-    assert data["dataset_info"]["splits"][0]["num_examples"] == 26
+    assert data["dataset_info"]["splits"][0]["num_examples"] == 25
     assert [f["name"] for f in data["dataset_info"]["features"]][:3] == ["id", "source", "source_split"]
     text = card.text
     assert "not DeepSeek-R1 output" in text
     assert "| dropped: `wrong_answer` | 5 |" in text
     assert "| `no_options` | 1 |" in text
-    assert "| medmcqa (train) | MIT | 11 | 1 | 10 |" in text
+    assert "| medmcqa (train) | MIT | 11 | 1 | 9 |" in text
+    assert "| `demo_test` | 3 | 1 |" in text
     assert "not medical advice" in text.lower() or "**It is not medical advice**" in text
 
 
@@ -106,8 +115,8 @@ def test_manifest_checksums_and_recipe(demo) -> None:
     assert manifest["recipe"]["name"] == "medr1-demo"
     assert manifest["recipe_sha256"] == demo.recipe.sha256
     (entry,) = manifest["files"]
-    assert entry["sha256"] == sha256_file(demo.out / entry["path"]) and entry["rows"] == 26
-    assert read_release(demo.out).num_rows == 26
+    assert entry["sha256"] == sha256_file(demo.out / entry["path"]) and entry["rows"] == 25
+    assert read_release(demo.out).num_rows == 25
 
 
 def test_corrupt_shard_is_detected(demo, tmp_path: Path) -> None:
@@ -136,7 +145,7 @@ def test_overrides_and_small_shards(tmp_path: Path) -> None:
     names = [f["path"] for f in b.stats["files"]]
     n = len(names)
     assert names == [f"data/train-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
-    assert read_release(b.out).num_rows == b.stats["rows"] == 48
+    assert read_release(b.out).num_rows == b.stats["rows"] == 46
     assert recipe.sha256 != load_recipe("demo").sha256
 
 
@@ -157,7 +166,7 @@ def test_bad_recipes_are_one_line_errors(overrides: list[str], message: str) -> 
 
 def test_missing_cached_response_is_an_error_not_a_request(tmp_path: Path) -> None:
     recipe = load_recipe("demo", ["teacher.samples=3"])
-    with pytest.raises(Medr1Error, match=r"56 of 84 teacher responses|28 of 84 teacher responses"):
+    with pytest.raises(Medr1Error, match=r"27 of 81 teacher responses are not in the cache"):
         run(recipe, tmp_path / "out", quiet=True)
 
 

@@ -14,7 +14,7 @@ from medr1_data.cli import build_parser, main
 
 from .conftest import FIXTURES
 
-SUBCOMMANDS = ["sources", "benchmarks", "ingest", "verify", "score", "build"]
+SUBCOMMANDS = ["sources", "benchmarks", "ingest", "verify", "score", "distill", "decontam", "dedup", "build"]
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -121,3 +121,48 @@ def test_verify_then_score_on_a_built_release(tmp_path: Path, capsys: pytest.Cap
     assert "truncated" in out and "mean quality_score" in out
     assert pq.read_table(tmp_path / "s.parquet").column("quality_score").null_count == 0
     assert main(["score", str(tmp_path / "v.parquet"), "--out", "x.parquet", "--set", "nosuch=1"]) == 2
+
+
+def test_decontam_and_dedup_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    demo = Path(__file__).resolve().parents[1] / "medr1_data" / "demo"
+    assert (
+        main(
+            [
+                "ingest",
+                f"medmcqa={demo / 'medmcqa_train.jsonl'}",
+                "--split",
+                "train",
+                "--out",
+                str(tmp_path / "q.parquet"),
+            ]
+        )
+        == 0
+    )
+    bench = f"mcq:demo_test={demo / 'benchmarks' / 'demo_test.jsonl'}"
+    assert (
+        main(
+            [
+                "decontam",
+                str(tmp_path / "q.parquet"),
+                "--benchmark",
+                bench,
+                "--out",
+                str(tmp_path / "d.parquet"),
+                "--report",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
+    out = pq.read_table(tmp_path / "d.parquet")
+    assert out.column("contaminated").to_pylist().count(True) == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["benchmarks"]["demo_test"] == {
+        **report["benchmarks"]["demo_test"],
+        "items_indexed": 3,
+        "rows_flagged": 1,
+    }
+    assert "1 of 10 rows contaminated" in capsys.readouterr().out
+    assert main(["dedup", str(tmp_path / "d.parquet"), "--out", str(tmp_path / "u.parquet")]) == 0
+    assert pq.read_table(tmp_path / "u.parquet").column("dup_keep").to_pylist() == [True] * 10
+    assert main(["decontam", str(tmp_path / "q.parquet"), "--benchmark", "nosuch", "--out", "x.parquet"]) == 2

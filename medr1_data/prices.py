@@ -1,0 +1,88 @@
+"""Teacher price table (USD per 1M tokens) and the cost of one request from its usage.
+
+Prices are per provider (the recipe's `teacher.endpoint`) and model: input tokens served from the provider's
+prefix cache, input tokens that miss it, and output tokens (thinking included). Providers change prices: the
+recipe's `price_input_cache_hit_per_m`, `price_input_per_m` and `price_output_per_m` override every entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per 1M tokens: input served from the provider's cache, input that misses it, and output."""
+
+    input_cache_hit: float
+    input_cache_miss: float
+    output: float
+    note: str = ""
+
+
+DEEPSEEK_PRICING = "https://api-docs.deepseek.com/quick_start/pricing"
+SELF_HOSTED = Price(0.0, 0.0, 0.0, "self-hosted: no per-token bill (set prices to spread the GPU-hours over tokens)")
+
+PRICES: dict[str, dict[str, Price]] = {
+    "deepseek": {
+        # Standard-hours list prices at DeepSeek-R1's launch (January 2025); DeepSeek has since changed prices,
+        # off-peak discounts and the model behind `deepseek-reasoner`: check the pricing page and override.
+        "deepseek-reasoner": Price(0.14, 0.55, 2.19, f"DeepSeek-R1 list price, January 2025 ({DEEPSEEK_PRICING})"),
+        "deepseek-chat": Price(0.07, 0.27, 1.10, f"DeepSeek-V3 list price, January 2025 ({DEEPSEEK_PRICING})"),
+    },
+    "vllm": {"*": SELF_HOSTED},
+    "sglang": {"*": SELF_HOSTED},
+}
+
+
+def lookup(endpoint: str, model: str) -> Price | None:
+    """The table's price for a provider and model (`*` matches any model of that provider), or None."""
+    models = PRICES.get(endpoint, {})
+    return models.get(model) or models.get("*")
+
+
+def price_for(
+    endpoint: str,
+    model: str,
+    input_cache_hit: float | None = None,
+    input_cache_miss: float | None = None,
+    output: float | None = None,
+) -> Price:
+    """The table's price with the given overrides; without an entry, cache hits cost as much as misses, else 0."""
+    base = lookup(endpoint, model)
+    miss = input_cache_miss if input_cache_miss is not None else (base.input_cache_miss if base else 0.0)
+    hit = input_cache_hit if input_cache_hit is not None else (base.input_cache_hit if base else miss)
+    out = output if output is not None else (base.output if base else 0.0)
+    overridden = any(v is not None for v in (input_cache_hit, input_cache_miss, output))
+    if base and not overridden:
+        note = base.note
+    elif base:
+        note = f"recipe prices over the table's ({base.note})"
+    elif overridden:
+        note = "recipe prices"
+    else:
+        note = f"no price known for {endpoint}/{model}: costs count as 0 (set the teacher's price_* keys)"
+    return Price(hit, miss, out, note)
+
+
+def token_counts(usage: dict[str, Any] | None) -> tuple[int, int, int]:
+    """(input cache hits, input cache misses, output tokens) from an OpenAI-style usage object.
+
+    DeepSeek reports `prompt_cache_hit_tokens`/`prompt_cache_miss_tokens`; OpenAI-style servers report
+    `prompt_tokens_details.cached_tokens`; without either, every prompt token counts as a miss.
+    """
+    usage = usage or {}
+    prompt = usage.get("prompt_tokens") or 0
+    hit = usage.get("prompt_cache_hit_tokens")
+    if hit is None:
+        details = usage.get("prompt_tokens_details") or {}
+        hit = details.get("cached_tokens") if isinstance(details, dict) else None
+    hit = min(int(hit or 0), prompt)
+    return hit, prompt - hit, usage.get("completion_tokens") or 0
+
+
+def cost_usd(usage: dict[str, Any] | None, price: Price) -> float:
+    """Cost of one request: cache-hit input, cache-miss input and output tokens at their prices."""
+    hit, miss, out = token_counts(usage)
+    return (hit * price.input_cache_hit + miss * price.input_cache_miss + out * price.output) / 1e6

@@ -1,0 +1,106 @@
+"""Near-duplicate clustering: exact and near copies across sources, the keep rule, and real benchmark duplicates."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+from rapidfuzz import fuzz
+
+from medr1_data.dedup import DedupSettings, components, dedup
+from medr1_data.normalize import canon_stem
+from medr1_data.schema import QUESTION_SCHEMA
+from tests.disguise import disguise, load_sets
+from tests.test_decontam import row, table
+
+VIGNETTE = (
+    "A 45-year-old man comes to the physician because of a 2-week history of fatigue and jaundice. "
+    "Serum bilirubin is 4.2 mg/dL. Which of the following is the most likely diagnosis?"
+)
+OPTS = ["Gilbert syndrome", "Hemolytic anemia", "Choledocholithiasis", "Hepatitis A"]
+
+
+def with_source(r: dict[str, Any], source: str) -> dict[str, Any]:
+    """The row as if it came from another source."""
+    return r | {"source": source, "id": f"{source}/train/{r['source_id']}"}
+
+
+def rows() -> list[dict[str, Any]]:
+    """A question in three sources (one with shuffled options, one re-cased), two traces of one copy, and others."""
+    a = with_source(row("a", VIGNETTE, OPTS, "C"), "medqa")
+    shuffled = with_source(row("a2", VIGNETTE, [OPTS[2], OPTS[0], OPTS[3], OPTS[1]], "A"), "medmcqa")
+    recased = with_source(row("a3", VIGNETTE.upper().replace(".", " ."), OPTS, "C"), "headqa")
+    return [
+        a,
+        shuffled | {"is_correct": False},
+        shuffled | {"is_correct": True},
+        recased,
+        row("b", "Which of the following is true?", ["Alpha", "Beta", "Gamma", "Delta"]),
+        row("b2", "Which of the following is true?", ["One", "Two", "Three", "Four"]),
+        row(
+            "c",
+            "Drug of choice for syphilis in pregnancy is:",
+            ["Penicillin", "Doxycycline", "Erythromycin", "Ceftriaxone"],
+        ),
+    ]
+
+
+def test_components_follow_chains() -> None:
+    edges = pl.DataFrame({"a": [0, 1, 3, 6], "b": [1, 2, 4, 7]}, schema={"a": pl.UInt32, "b": pl.UInt32})
+    assert components(8, edges)["label"].to_list() == [0, 0, 0, 3, 3, 5, 6, 6]
+    assert components(3, edges.clear())["label"].to_list() == [0, 1, 2]
+
+
+def test_copies_across_sources_cluster_and_the_rule_keeps_one() -> None:
+    data = rows()
+    for r in data:
+        r.setdefault("is_correct", False)
+    out = dedup(table(data))
+    assert out.num_rows == len(data) and out.column("id").to_pylist() == [r["id"] for r in data]
+    assert out.column_names[-2:] == ["dup_cluster", "dup_keep"]
+    got = list(zip(out.column("dup_cluster").to_pylist(), out.column("dup_keep").to_pylist(), strict=True))
+    kept = "medmcqa/train/a2"  # the copy with a correct trace wins
+    assert got[:4] == [(kept, False), (kept, True), (kept, True), (kept, False)]
+    # same generic stem, other options: different questions; and an unrelated question
+    assert got[4:] == [("src/train/b", True), ("src/train/b2", True), ("src/train/c", True)]
+
+
+def test_keep_rule_source_priority_then_more_options() -> None:
+    data = [r for r in rows() if r["source_id"] in ("a", "a3")]
+    five = with_source(row("a5", VIGNETTE, [*OPTS, "Hepatitis B"], "C"), "medqa5")  # MedQA's 5-option version
+    data.append(five)
+    out = dedup(table(data))
+    assert set(out.column("dup_cluster").to_pylist()) == {"medqa5/train/a5"}  # more options wins when all else ties
+    out = dedup(table(data), DedupSettings(source_priority=("headqa",)))
+    assert out.column("dup_keep").to_pylist() == [False, True, False]
+
+
+def test_real_duplicates_and_disguised_copies(shared_data: Path) -> None:
+    targets, _ = load_sets(shared_data / "benchmarks")
+    items = [r for _, t in targets for r in t.to_pylist()]
+    rng = random.Random(7)
+    picked = rng.sample(items, 300)
+    copies = [disguise(it, ("verbatim", "shuffle", "recase")[k % 3], rng, f"copy-{k}") for k, it in enumerate(picked)]
+    out = dedup(pa.Table.from_pylist(items + copies, schema=QUESTION_SCHEMA))
+    cluster = dict(zip(out.column("id").to_pylist(), out.column("dup_cluster").to_pylist(), strict=True))
+    found = sum(cluster[c["id"]] == cluster[it["id"]] for c, it in zip(copies, picked, strict=True))
+    assert found == len(copies)
+    # MMLU repeats questions across subjects (college_medicine / clinical_knowledge): each pair is one cluster.
+    mmlu = {}
+    for r in items:
+        if r["source"] == "mmlu_medical":
+            mmlu.setdefault(r["source_id"].split("-", 1)[1], []).append(r["id"])
+    repeats = [ids for ids in mmlu.values() if len(ids) > 1]
+    assert len(repeats) >= 20 and all(len({cluster[i] for i in ids}) == 1 for ids in repeats)
+    # Clusters among the real items are close copies by an independent measure (rapidfuzz on the stems).
+    text = {r["id"]: canon_stem(r["question"]) for r in items}
+    by_cluster: dict[str, list[str]] = {}
+    for r in items:
+        by_cluster.setdefault(cluster[r["id"]], []).append(r["id"])
+    multi = [ids for ids in by_cluster.values() if len(ids) > 1]
+    assert len(multi) < 0.03 * len(items)
+    for ids in multi:
+        assert all(fuzz.token_set_ratio(text[ids[0]], text[i]) >= 80 for i in ids[1:]), ids
