@@ -28,6 +28,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from medr1_data import Medr1Error
 from medr1_data.decontam import (
     DecontamSettings,
     Side,
@@ -167,7 +168,7 @@ def dedup(table: pa.Table, settings: DedupSettings | None = None) -> pa.Table:
     """Add `dup_cluster` (the kept question's `id`) and `dup_keep` to every row; never drops rows."""
     s = settings or DedupSettings()
     if "id" not in table.column_names:
-        raise ValueError("dedup needs the `id` column")
+        raise Medr1Error("dedup: the table has no `id` column")
     uniq, ids = unique_questions(table)
     canon = canon_table(uniq).with_columns(uniq["id"].cast(pl.String).alias("id")).with_row_index("_q")
     exact_key = pl.concat_str(
