@@ -13,6 +13,7 @@ CUE = re.compile(
 )
 MULTIPLE = re.compile(r"^[\s*(\[]*[A-Z][)\]]?(?:\s*(?:,|/|&|\band\b|\bor\b)\s*[(\[]?[A-Z][)\]]?)+[\s.*]*$")
 REASONING_TAIL_CHARS = 2000  # the reasoning fallback reads only the end of the thinking
+BARE_STRIP = "*_()[]. :"  # what may surround a label given alone ("**C**", "(C).")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
@@ -174,7 +175,7 @@ def extract(response: str | None, options: Sequence[Any], reasoning: str | None 
     """The label the response committed to last; the reasoning's own final statement only when the response has none."""
     labels = tuple(str(o["label"]) if isinstance(o, dict) else str(o[0]) for o in options)
     text = after_thinking(response or "").strip()
-    bare = text.strip("*_()[]. :")
+    bare = text.strip(BARE_STRIP)
     if bare in labels:  # the commonest R1 response is the letter alone; no other rule can read it otherwise
         return Extraction(bare, "bare_label", "response")
     if MULTIPLE.match(text) and len(set(re.findall(r"[A-Z]", text)) & set(labels)) > 1:

@@ -5,22 +5,44 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
-from medr1_data.answers import REASONING_TAIL_CHARS, extract
+from medr1_data.answers import BARE_STRIP, REASONING_TAIL_CHARS, Extraction, extract
 from medr1_data.schema import VERIFY_FIELDS
 
 
 def verify(table: pa.Table) -> pa.Table:
     """Add `pred_label`, `is_correct`, `verify_reason` and `answer_source` to a table of traces."""
-    cols = table.select(["response", "options"]).to_pydict()
-    found = [extract(resp, opts) for resp, opts in zip(cols["response"], cols["options"], strict=True)]
+    # The commonest response is the label alone: read those columnar, the same way `extract` would.
+    bare = pl.from_arrow(table.select(["response", "options"])).select(
+        pl.col("response")
+        .fill_null("")
+        .str.split("</think>")
+        .list.last()
+        .str.strip_chars()
+        .str.strip_chars(BARE_STRIP)
+        .alias("bare"),
+        pl.col("options").list.eval(pl.element().struct.field("label")).alias("labels"),
+    )
+    is_bare = bare.select(pl.col("labels").list.contains(pl.col("bare")))["labels"]
+    found: list[Extraction | None] = [
+        Extraction(b, "bare_label", "response") if ok else None
+        for b, ok in zip(bare["bare"].to_list(), is_bare.to_list(), strict=True)
+    ]
+    rest = [i for i, f in enumerate(found) if f is None]
+    if rest:
+        cols = table.select(["response", "options"]).take(rest).to_pydict()
+        for i, resp, opts in zip(rest, cols["response"], cols["options"], strict=True):
+            found[i] = extract(resp, opts)
     # Only rows whose response commits to nothing fall back to the end of their reasoning.
-    missing = [i for i, f in enumerate(found) if f.label is None]
+    missing = [i for i, f in enumerate(found) if f.label is None and f.rule != "multiple_labels"]
     if missing:
-        reasoning = pl.from_arrow(table.select(["reasoning"]))["reasoning"]
-        tails = reasoning.gather(missing).str.slice(-REASONING_TAIL_CHARS)
-        for i, tail in zip(missing, tails, strict=True):
+        sub = (
+            pl.from_arrow(table.select(["response", "options", "reasoning"]))
+            .select("response", "options", pl.col("reasoning").str.slice(-REASONING_TAIL_CHARS))[missing]
+            .to_dict(as_series=False)
+        )
+        for i, resp, opts, tail in zip(missing, sub["response"], sub["options"], sub["reasoning"], strict=True):
             if tail:
-                found[i] = extract(cols["response"][i], cols["options"][i], tail)
+                found[i] = extract(resp, opts, tail)
     df = pl.from_arrow(table.select(["answer_label", "finish_reason", "error"])).with_columns(
         pl.Series("pred_label", [f.label for f in found], dtype=pl.String),
         pl.Series("answer_source", [f.where if f.label else None for f in found], dtype=pl.String),
