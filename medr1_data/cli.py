@@ -98,18 +98,18 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _settings(pairs: list[str], cls: type) -> dict:
     """`KEY=VALUE` pairs (VALUE parsed as YAML) checked against a settings dataclass."""
-    import dataclasses
-
     import yaml
 
-    names = {f.name for f in dataclasses.fields(cls)}
-    out = {}
+    from medr1_data.recipe import check_keys
+
+    values = {}
     for item in pairs:
         key, sep, value = item.partition("=")
-        if not sep or key not in names:
-            raise Medr1Error(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(sorted(names))}")
-        out[key] = yaml.safe_load(value)
-    return out
+        if not sep:
+            raise Medr1Error(f"--set {item}: expected KEY=VALUE")
+        values[key] = yaml.safe_load(value)
+    check_keys(cls, values, "--set")
+    return values
 
 
 def _read(path: Path) -> object:
@@ -223,6 +223,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_set(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="medr1-data", description="Build and inspect the MedR1 reasoning dataset.")
@@ -252,13 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="add the quality struct and quality_score to verified traces")
     s.add_argument("input", type=Path, help="Parquet file of verified traces (verify output)")
     s.add_argument("--out", required=True, type=Path, help="output Parquet file")
-    s.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a threshold of the score settings, e.g. --set loop_repeats=5",
-    )
+    _add_set(s, "override a threshold of the score settings, e.g. --set loop_repeats=5")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_score)
 
@@ -319,27 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", required=True, type=Path, help="output Parquet file")
     s.add_argument("--report", type=Path, help="write the JSON report (per benchmark items and flags, parameters)")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DecontamSettings key")
+    _add_set(s, "override a DecontamSettings key")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_decontam)
 
     s = sub.add_parser("dedup", help="cluster near-duplicate questions (dup_cluster, dup_keep columns)")
     s.add_argument("input", type=Path, help="Parquet file of canonical question rows")
     s.add_argument("--out", required=True, type=Path, help="output Parquet file")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DedupSettings key")
+    _add_set(s, "override a DedupSettings key")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_dedup)
 
     s = sub.add_parser("build", help="run a recipe end to end (default: the offline demo)")
     s.add_argument("--recipe", default="demo", help="bundled recipe name (demo, medr1-170k) or a YAML file")
     s.add_argument("--out", type=Path, help="release folder (default: the recipe's output.dir)")
-    s.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. --set teacher.samples=4 (repeatable)",
-    )
+    _add_set(s, "override a recipe key, e.g. --set teacher.samples=4 (repeatable)")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_build)
     return p

@@ -115,10 +115,7 @@ class Recipe:
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise Medr1Error(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise Medr1Error(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+    check_keys(cls, data, where)
     return cls(**data)
 
 
@@ -282,11 +279,16 @@ def stage_dedup(table: pa.Table, b: Build) -> pa.Table:
     return _mark_dropped(out, ~pl.col("dup_keep"), "near_duplicate")
 
 
-def _settings(cls: type, values: dict[str, Any], section: str) -> Any:
+def check_keys(cls: type, values: dict[str, Any], where: str) -> None:
+    """Raise Medr1Error naming the first key of `values` that `cls` (a dataclass) does not have."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise Medr1Error(f"recipe {section}.settings: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+        raise Medr1Error(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+
+
+def _settings(cls: type, values: dict[str, Any], section: str) -> Any:
+    check_keys(cls, values, f"recipe {section}.settings")
     return cls(**values)
 
 
