@@ -10,23 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import polars as pl
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medr1_data.score import score
 from medr1_data.verify import verify
-from tests.corrupt import CORRUPTIONS, corrupt
+from tests.corrupt import CORRUPTIONS, corrupt_verified, flagged
 from tests.real_traces import load_real_traces
-
-VERDICT = ["pred_label", "is_correct", "verify_reason", "answer_source"]
-
-
-def flagged(table: pa.Table, flag: str) -> float:
-    """Share of rows raising `flag`."""
-    q = pl.from_arrow(score(table).select(["quality"]))
-    return q.select(pl.col("quality").struct.field("flags").list.contains(flag).mean()).item()
 
 
 def main() -> None:
@@ -39,9 +29,7 @@ def main() -> None:
     clean = verify(real.filter(pa.compute.field("has_think_end")))
     print(f"{'corruption (flag)':22} {'copies flagged':>15} {'originals flagged':>18}")
     for kind in CORRUPTIONS:
-        # swap_answer needs the label each clean trace committed to, so corrupt the verified rows.
-        base = clean.drop_columns(VERDICT).append_column("pred_label", clean.column("pred_label"))
-        copies = verify(corrupt(base, kind, seed=args.seed).drop_columns(["pred_label"]))
+        copies = corrupt_verified(clean, kind, seed=args.seed)
         print(f"{kind:22} {flagged(copies, kind):>15.1%} {flagged(clean, kind):>18.1%}")
 
 

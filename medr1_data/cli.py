@@ -227,6 +227,20 @@ def _add_set(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def _table_verb(
+    sub: argparse._SubParsersAction, name: str, func: object, help: str, input_help: str, set_help: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand that reads one Parquet table and writes another: INPUT --out OUT [--set K=V] [--quiet]."""
+    s = sub.add_parser(name, help=help)
+    s.add_argument("input", type=Path, help=input_help)
+    s.add_argument("--out", required=True, type=Path, help="output Parquet file")
+    if set_help:
+        _add_set(s, set_help)
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.set_defaults(func=func)
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="medr1-data", description="Build and inspect the MedR1 reasoning dataset.")
@@ -247,18 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_ingest)
 
-    s = sub.add_parser("verify", help="add pred_label, is_correct, verify_reason to a table of traces")
-    s.add_argument("input", type=Path, help="Parquet file of traces (distill output)")
-    s.add_argument("--out", required=True, type=Path, help="output Parquet file")
-    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    s.set_defaults(func=cmd_verify)
+    _table_verb(
+        sub,
+        "verify",
+        cmd_verify,
+        "add pred_label, is_correct, verify_reason to a table of traces",
+        "Parquet file of traces (distill output)",
+    )
 
-    s = sub.add_parser("score", help="add the quality struct and quality_score to verified traces")
-    s.add_argument("input", type=Path, help="Parquet file of verified traces (verify output)")
-    s.add_argument("--out", required=True, type=Path, help="output Parquet file")
-    _add_set(s, "override a threshold of the score settings, e.g. --set loop_repeats=5")
-    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    s.set_defaults(func=cmd_score)
+    _table_verb(
+        sub,
+        "score",
+        cmd_score,
+        "add the quality struct and quality_score to verified traces",
+        "Parquet file of verified traces (verify output)",
+        set_help="override a threshold of the score settings, e.g. --set loop_repeats=5",
+    )
 
     s = sub.add_parser(
         "distill",
@@ -301,8 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_distill)
 
-    s = sub.add_parser("decontam", help="flag rows that match a benchmark test item (contam_* columns)")
-    s.add_argument("input", type=Path, help="Parquet file of canonical question rows (extra columns pass through)")
+    s = _table_verb(
+        sub,
+        "decontam",
+        cmd_decontam,
+        "flag rows that match a benchmark test item (contam_* columns)",
+        "Parquet file of canonical question rows (extra columns pass through)",
+        set_help="override a DecontamSettings key",
+    )
     s.add_argument(
         "--benchmark",
         action="append",
@@ -315,18 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="folder laid out like the reference benchmarks (default: $MEDR1_BENCHMARK_DIR)",
     )
-    s.add_argument("--out", required=True, type=Path, help="output Parquet file")
     s.add_argument("--report", type=Path, help="write the JSON report (per benchmark items and flags, parameters)")
-    _add_set(s, "override a DecontamSettings key")
-    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    s.set_defaults(func=cmd_decontam)
 
-    s = sub.add_parser("dedup", help="cluster near-duplicate questions (dup_cluster, dup_keep columns)")
-    s.add_argument("input", type=Path, help="Parquet file of canonical question rows")
-    s.add_argument("--out", required=True, type=Path, help="output Parquet file")
-    _add_set(s, "override a DedupSettings key")
-    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    s.set_defaults(func=cmd_dedup)
+    _table_verb(
+        sub,
+        "dedup",
+        cmd_dedup,
+        "cluster near-duplicate questions (dup_cluster, dup_keep columns)",
+        "Parquet file of canonical question rows",
+        set_help="override a DedupSettings key",
+    )
 
     s = sub.add_parser("build", help="run a recipe end to end (default: the offline demo)")
     s.add_argument("--recipe", default="demo", help="bundled recipe name (demo, medr1-170k) or a YAML file")

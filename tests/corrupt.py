@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import random
 
+import polars as pl
 import pyarrow as pa
+
+from medr1_data.score import score
+from medr1_data.verify import verify
+
+VERDICT = ["pred_label", "is_correct", "verify_reason", "answer_source"]
 
 FOREIGN_SENTENCES = [
     "这个病人的症状表明可能是心肌梗死。",
@@ -70,3 +76,15 @@ def corrupt(table: pa.Table, kind: str, seed: int = 0) -> pa.Table:
     rng = random.Random(seed)
     rows = [CORRUPTIONS[kind](row, rng) for row in table.to_pylist()]
     return pa.Table.from_pylist(rows, schema=table.schema)
+
+
+def corrupt_verified(clean: pa.Table, kind: str, seed: int = 0) -> pa.Table:
+    """Corrupt verified traces and verify the copies again (swap_answer needs each trace's own committed label)."""
+    base = clean.drop_columns(VERDICT).append_column("pred_label", clean.column("pred_label"))
+    return verify(corrupt(base, kind, seed=seed).drop_columns(["pred_label"]))
+
+
+def flagged(table: pa.Table, flag: str) -> float:
+    """Share of verified rows whose quality flags include `flag`."""
+    q = pl.from_arrow(score(table).select(["quality"]))
+    return q.select(pl.col("quality").struct.field("flags").list.contains(flag).mean()).item()

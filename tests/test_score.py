@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -12,12 +11,12 @@ from medr1_data.score import FLAGS, QUALITY_WEIGHTS, ScoreSettings, score
 from medr1_data.select import SelectSettings, select
 from medr1_data.verify import verify
 
-from .corrupt import CORRUPTIONS, corrupt
+from .corrupt import CORRUPTIONS, corrupt_verified, flagged
 from .real_traces import load_real_traces
 
 
 @pytest.fixture(scope="module")
-def real(request: pytest.FixtureRequest) -> pa.Table:
+def real() -> pa.Table:
     """The 851 real R1 completions that contain `</think>`, verified."""
     folder = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
     if not folder.is_dir():
@@ -28,24 +27,9 @@ def real(request: pytest.FixtureRequest) -> pa.Table:
     return verify(table)
 
 
-def flagged(table: pa.Table, flag: str) -> float:
-    """Share of rows raising `flag`."""
-    df = pl.from_arrow(score(table).select(["quality"]))
-    return df.select(pl.col("quality").struct.field("flags").list.contains(flag).mean()).item()
-
-
 @pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
 def test_each_corruption_is_flagged_and_clean_traces_are_not(real: pa.Table, kind: str) -> None:
-    # The swapped answer must differ from what the clean trace committed to, so corrupt verified rows.
-    corrupted = verify(
-        corrupt(
-            real.drop_columns(["pred_label", "is_correct", "verify_reason", "answer_source"]).append_column(
-                "pred_label", real.column("pred_label")
-            ),
-            kind,
-            seed=7,
-        ).drop_columns(["pred_label"])
-    )
+    corrupted = corrupt_verified(real, kind, seed=7)
     assert flagged(corrupted, kind) >= 0.95
     assert flagged(real, kind) <= 0.05
 
