@@ -7,6 +7,8 @@ VENV="${VENV:-.venv-test}"
 PYTHON="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
+# torch first, pinned: the CPU wheel on this disk; a bare requirement would pull a multi-GB CUDA build.
+"$VENV/bin/python" -m pip install -q torch==2.13.0
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
 "$VENV/bin/ruff" check medr1_data medr1_train tests benchmarks
 set +e
