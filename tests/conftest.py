@@ -25,3 +25,13 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.delenv("MEDR1_BENCHMARK_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Qwen2 model with a freshly trained tokenizer and chat template, saved to a folder."""
+    pytest.importorskip("torch", reason="torch is in the train/eval extras")
+    pytest.importorskip("transformers", reason="transformers is in the train/eval extras")
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
