@@ -25,14 +25,15 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
-WORDS = (
+_VOCABULARY = (
     "patient presents with chest pain fever cough dyspnea hypertension diabetes renal hepatic cardiac pulmonary "
     "artery vein nerve muscle bone blood pressure pulse examination shows laboratory studies reveal most likely "
     "diagnosis next best step management treatment drug mechanism of action adverse effect infection antibiotic "
     "insulin glucose sodium potassium calcium anemia platelet leukocyte biopsy radiograph therapy dose year old "
     "man woman child history smoking alcohol emergency department which following answer option correct because "
     "therefore the a an of in to is are was with for on by and or not yes no maybe A B C D E"
-).split()
+)
+WORDS = _VOCABULARY.split()
 
 
 def corpus(n: int = 400) -> list[str]:
