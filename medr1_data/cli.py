@@ -37,6 +37,13 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lm_eval_path(args: argparse.Namespace) -> int:
+    from medr1_data.lm_eval_tasks import task_dir  # the folder only: lm_eval is not imported
+
+    print(task_dir())
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from medr1_data.sources import load
 
@@ -214,12 +221,49 @@ def cmd_build(args: argparse.Namespace) -> int:
     from medr1_data.recipe import load_recipe, run, summary_rows
 
     recipe = load_recipe(args.recipe, args.set)
-    b = run(recipe, args.out, quiet=args.quiet)
+    b = run(recipe, args.out, quiet=args.quiet, from_stage=args.from_stage, until_stage=args.until_stage)
     print(_table(summary_rows(b), ["", "rows"]))
+    done = [s["stage"] for s in b.report]
+    if done != list(recipe.stages):
+        print(f"\nran the stages up to {done[-1]}; checkpoints and build report in {b.build_dir}/")
+        return 0
     print(
         f"\nwrote {b.out}/ ({len(b.stats.get('files', []))} shard(s), README.md, manifest.json); "
         f"build report, rejects and dropped rows in {b.build_dir}/"
     )
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from medr1_data.hub import push
+
+    push(args.folder, args.repo, args.version, token_env=args.token_env, dry_run=args.dry_run)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    import json
+
+    from medr1_data.diff import changelog_entry, diff_releases, resolve_release, write_changelog
+
+    d = diff_releases(args.old, args.new)
+    print(f"OLD {d['old']['ref']} (v{d['old']['version']}, {d['old']['rows']} rows)")
+    print(f"NEW {d['new']['ref']} (v{d['new']['version']}, {d['new']['rows']} rows), key {'/'.join(d['key'])}\n")
+    rows = [(s, v["added"], v["removed"], v["changed"], v["unchanged"]) for s, v in d["by_source"].items()]
+    rows.append(("all", *(d["rows"][k] for k in ("added", "removed", "changed", "unchanged"))))
+    print(_table(rows, ["source", "added", "removed", "changed", "unchanged"]))
+    if d["columns_changed"]:
+        print("\n" + _table(list(d["columns_changed"].items()), ["changed column", "rows"]))
+    for what in ("added", "removed"):
+        if d[f"columns_{what}"]:
+            print(f"columns {what}: {', '.join(d[f'columns_{what}'])}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+    if args.changelog:
+        if not Path(args.new).is_dir():
+            raise Medr1Error(f"--changelog: NEW must be a release folder, not {args.new}")
+        write_changelog(Path(args.new), d, resolve_release(args.old))
+        print(f"\nchangelog of {Path(args.new) / 'README.md'}: {changelog_entry(d)}")
     return 0
 
 
@@ -252,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("benchmarks", help="list registered benchmarks (test sets) and their local file names")
     s.set_defaults(func=cmd_benchmarks)
+
+    s = sub.add_parser("lm-eval-path", help="print the folder of the MedR1 lm-eval tasks (for lm_eval --include_path)")
+    s.set_defaults(func=cmd_lm_eval_path)
 
     s = sub.add_parser("ingest", help="write the canonical table of one source split")
     s.add_argument("spec", help="NAME (Hub copy) or NAME=PATH (native file/folder, or Hub-layout Parquet)")
@@ -354,8 +401,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", default="demo", help="bundled recipe name (demo, medr1-170k) or a YAML file")
     s.add_argument("--out", type=Path, help="release folder (default: the recipe's output.dir)")
     _add_set(s, "override a recipe key, e.g. --set teacher.samples=4 (repeatable)")
+    s.add_argument(
+        "--from",
+        dest="from_stage",
+        metavar="STAGE",
+        help="rerun from this stage on, although its checkpoint is valid (the stages before it must have one)",
+    )
+    s.add_argument("--until", dest="until_stage", metavar="STAGE", help="stop after this stage")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser(
+        "push",
+        help="publish a release folder to the Hub as one commit, then tag it vX.Y.Z",
+        description="One atomic commit on main whose parent is the head read first (shards the new version no "
+        "longer has are deleted), a check of the remote files against manifest.json, then the tag vX.Y.Z. "
+        "Refuses an existing tag or a version not greater than the latest. The token is read from an environment "
+        "variable only and never printed.",
+    )
+    s.add_argument("folder", type=Path, help="release folder written by `medr1-data build`")
+    s.add_argument("--repo", required=True, metavar="ORG/NAME", help="Hub dataset repository")
+    s.add_argument("--version", required=True, metavar="X.Y.Z", help="the release's version (its recipe's `version`)")
+    s.add_argument("--dry-run", action="store_true", help="print the operations and version bump; contact nothing")
+    s.add_argument(
+        "--token-env", default="HF_TOKEN", metavar="VAR", help="environment variable holding the token (%(default)s)"
+    )
+    s.set_defaults(func=cmd_push)
+
+    s = sub.add_parser(
+        "diff",
+        help="rows added, removed and changed between two releases (folders or ORG/NAME@vX.Y.Z)",
+    )
+    s.add_argument("old", help="older release: a folder or a Hub revision ORG/NAME@vX.Y.Z")
+    s.add_argument("new", help="newer release: a folder or a Hub revision ORG/NAME@vX.Y.Z")
+    s.add_argument("--json", type=Path, metavar="FILE", help="also write the diff as JSON")
+    s.add_argument(
+        "--changelog", action="store_true", help="write the diff into NEW's card changelog (NEW must be a folder)"
+    )
+    s.set_defaults(func=cmd_diff)
     return p
 
 

@@ -38,6 +38,7 @@ from typing import IO, Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from medr1_data import Medr1Error
 from medr1_data.prices import Price, cost_usd, price_for
@@ -838,8 +839,12 @@ def run_distill(
     request still failed. Progress goes to `progress_stream` (stderr by default) unless `quiet`."""
     teacher.check()
     plan = plan_requests(table, teacher)
-    cached = ResponseCache(teacher.cache).load()
-    jobs = _jobs(table, plan, cached)
+    cache = ResponseCache(teacher.cache)
+    columns = read_cache_columns(cache.path)
+    cached = cache.load() if columns is None else {}
+    have = cached if columns is None else set(columns.column("key").to_pylist())
+    jobs = _jobs(table, plan, have)
+    del have
     stats = RunStats(total=len({k for _, _, k in plan.requests}), to_fetch=len(jobs))
     stats.cached_before = stats.total - stats.to_fetch
     errors: dict[str, str] = {}
@@ -858,11 +863,20 @@ def run_distill(
         cached.update(records)
         stopped = stats.stopped
         for job in jobs:
-            if job.key not in cached and job.key not in errors:
+            if job.key not in cached and job.key not in records and job.key not in errors:
                 errors[job.key] = f"not requested: the run stopped ({stopped})" if stopped else "not requested"
+        if columns is not None:  # the new responses are in the file now
+            del columns
+            columns = read_cache_columns(cache.path)
+            if columns is None:
+                cached = cache.load()
     elif jobs:
         errors = {j.key: "not in the cache (offline)" for j in jobs}
-    return _assemble(table, plan, cached, errors, teacher, stats)
+    if columns is None:
+        return _assemble(table, plan, cached, errors, teacher, stats)
+    holder = [columns]
+    del columns
+    return _assemble_columns(table, plan, holder, errors, teacher, stats)
 
 
 def _run_coroutine(coro: Any) -> Any:
@@ -952,6 +966,185 @@ def distill(table: pa.Table, teacher: TeacherSettings, *, quiet: bool = False) -
 def _first_error(table: pa.Table) -> str:
     errs = table.column("error").drop_null()
     return errs[0].as_py() if len(errs) else "?"
+
+
+# ------------------------------------------------------------------------------------------------ columnar reading
+
+# The characters `str.strip()` removes (Python's str.isspace), so that the columnar path strips exactly like it.
+_PY_WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+_CACHE_COLUMNS = pa.schema(
+    [
+        ("key", pa.string()),
+        ("model", pa.string()),
+        ("template", pa.string()),
+        ("finish_reason", pa.string()),
+        ("latency_s", pa.float64()),
+        (
+            "message",
+            pa.struct([("content", pa.string()), ("reasoning_content", pa.string()), ("reasoning", pa.string())]),
+        ),
+        (
+            "usage",
+            pa.struct(
+                [
+                    ("prompt_tokens", pa.int64()),
+                    ("completion_tokens", pa.int64()),
+                    ("prompt_cache_hit_tokens", pa.int64()),
+                    ("prompt_tokens_details", pa.struct([("cached_tokens", pa.int64())])),
+                ]
+            ),
+        ),
+    ]
+)
+
+
+def read_cache_columns(path: Path) -> pa.Table | None:
+    """The fields of every complete cache record that the traces need, read columnar (C++, no Python objects per
+    record); None when a record does not fit that reader (the caller then reads them one by one with
+    `ResponseCache.load`, which names the bad line). A half-written last line is left out, as `load` does."""
+    import mmap
+
+    import pyarrow.json as pa_json
+
+    if not path.exists() or path.stat().st_size == 0:
+        return _CACHE_COLUMNS.empty_table()
+    options = {
+        "read_options": pa_json.ReadOptions(block_size=16 << 20),
+        "parse_options": pa_json.ParseOptions(explicit_schema=_CACHE_COLUMNS, unexpected_field_behavior="ignore"),
+    }
+    errors = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        complete = f.read(1) == b"\n"
+    if complete:  # streamed from the file in blocks: the file's pages are not mapped into this process
+        try:
+            return pa_json.read_json(path, **options)
+        except errors:
+            return None
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        end = mm.rfind(b"\n") + 1
+        if end == 0:
+            return _CACHE_COLUMNS.empty_table()
+        view = memoryview(mm)
+        try:
+            return pa_json.read_json(pa.BufferReader(pa.py_buffer(view[:end])), **options).combine_chunks()
+        except errors:
+            return None
+        finally:
+            view.release()
+
+
+def _assemble_columns(
+    table: pa.Table,
+    plan: Plan,
+    holder: list[pa.Table],
+    errors: dict[str, str],
+    teacher: TeacherSettings,
+    stats: RunStats,
+) -> DistillResult:
+    """`_assemble` for a cache read by `read_cache_columns` (`holder`: a one-item list, emptied here so that the
+    cache's memory goes as soon as the needed rows are taken): the same table, built with Arrow and polars."""
+    import polars as pl
+
+    cache = holder.pop()
+    price = teacher.price()
+    rows, samples, keys = zip(*plan.requests, strict=True) if plan.requests else ((), (), ())
+    last = (  # equal keys: the last record wins, as in `ResponseCache.load`
+        pl.from_arrow(cache.select(["key"])).with_row_index("j").group_by("key").agg(pl.col("j").max())
+    )
+    order = pl.DataFrame({"key": list(keys)}, schema={"key": pl.String}).join(
+        last, on="key", how="left", maintain_order="left"
+    )
+    take = order["j"].to_arrow().cast(pa.int64())
+    present = pc.is_valid(take)
+    recs = cache.select(["model", "template", "finish_reason", "latency_s", "usage"]).take(take)
+    usage = recs.column("usage")
+    prompt_tokens = pc.struct_field(usage, "prompt_tokens")  # struct_field keeps a null usage's rows null
+    completion_tokens = pc.struct_field(usage, "completion_tokens")
+    prompt = pc.fill_null(prompt_tokens, 0)
+    details = pc.struct_field(usage, "prompt_tokens_details")
+    hit = pc.coalesce(pc.struct_field(usage, "prompt_cache_hit_tokens"), pc.struct_field(details, "cached_tokens"))
+    hit = pc.min_element_wise(pc.fill_null(hit, 0), prompt)
+    completion = pc.fill_null(completion_tokens, 0)
+    cost = pc.divide(
+        pc.add(
+            pc.add(
+                pc.multiply(pc.cast(hit, pa.float64()), price.input_cache_hit),
+                pc.multiply(pc.cast(pc.subtract(prompt, hit), pa.float64()), price.input_cache_miss),
+            ),
+            pc.multiply(pc.cast(completion, pa.float64()), price.output),
+        ),
+        1e6,
+    )
+    missing = take.null_count
+    first_missing = None
+    if missing:
+        first = pc.index(present, False).as_py()
+        first_missing = (table.column("id")[rows[first]].as_py(), samples[first])
+    error = pa.array([None if p else errors.get(k, "missing") for p, k in zip(present.to_pylist(), keys, strict=True)])
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {
+        "sample_idx": pa.array(samples, pa.int32()),
+        "teacher_model": pc.if_else(present, recs.column("model"), teacher.model),
+        "prompt_template": pc.if_else(present, recs.column("template"), teacher.template),
+        "finish_reason": recs.column("finish_reason"),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cost_usd": pc.if_else(present, cost, pa.scalar(None, pa.float64())),
+        "latency_s": recs.column("latency_s"),
+        "error": error,
+    }
+    del recs, usage
+    columns["reasoning"], columns["response"] = _split_columns(cache, order["j"], pl.from_arrow(present))
+    del cache
+    out = table.take(pa.array(rows, pa.int64()))
+    for f in TRACE_FIELDS:
+        if f.name in out.column_names:
+            out = out.drop_columns([f.name])
+        out = out.append_column(f, columns.pop(f.name).cast(f.type))
+    return DistillResult(conform(out, TRACE_SCHEMA), stats, missing, first_missing)
+
+
+_SPLIT_BATCH_ROWS = 16384
+
+
+def _split_columns(cache: pa.Table, take: Any, present: Any) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """`split_reasoning` for the cache rows `take` (a polars index Series, null: missing): columnar where the
+    thinking is in its own field (the API's and vLLM's shapes), `split_reasoning` itself for the rest (thinking
+    inline in the content, or none).
+
+    polars reads the cache's strings in place (views); the text is copied once, into the output, a batch of rows at
+    a time, so that the step holds the cache, the output and one batch, not several copies of every trace.
+    """
+    import polars as pl
+
+    msg = pl.from_arrow(cache.select(["message"])).unnest("message")
+    nonempty = [pl.when(pl.col(c) != "").then(pl.col(c)) for c in ("reasoning_content", "reasoning")]
+    texts = (msg.select(pl.coalesce(nonempty))[:, 0], msg["content"].fill_null(""))
+    own = texts[0].is_not_null().gather(take).fill_null(False) & present
+    inline = (~own & present).arg_true()
+    parsed = dict(
+        zip(
+            inline.to_list(),
+            map(split_reasoning, msg["content"].gather(take.gather(inline)).to_frame("content").to_dicts()),
+            strict=True,
+        )
+    )
+    space = list(_PY_WHITESPACE)
+    out: list[list[pa.Array]] = [[], []]
+    for start in range(0, max(len(take), 1), _SPLIT_BATCH_ROWS):
+        rows = take.slice(start, _SPLIT_BATCH_ROWS)
+        keep = own.slice(start, _SPLIT_BATCH_ROWS)
+        for k, text in enumerate(texts):
+            col = pl.select(pl.when(keep).then(text.gather(rows)))[:, 0]
+            # only values that start or end with whitespace are stripped, in Python: exactly `str.strip`
+            edge = (col.str.head(1).is_in(space) | col.str.tail(1).is_in(space)).fill_null(False).arg_true()
+            if len(edge):
+                col = col.scatter(edge, [v.strip() for v in col.gather(edge).to_list()])
+            here = [i - start for i in parsed if start <= i < start + _SPLIT_BATCH_ROWS]
+            if here:
+                col = col.scatter(here, [parsed[start + i][k] for i in here])
+            out[k].append(col.to_arrow(compat_level=pl.CompatLevel.newest()).cast(pa.string()))
+    return pa.chunked_array(out[0], pa.string()), pa.chunked_array(out[1], pa.string())
 
 
 # ------------------------------------------------------------------------------------------------ the estimate

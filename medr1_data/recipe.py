@@ -1,4 +1,16 @@
-"""YAML recipes: read into dataclasses, then run as an ordered list of stages that each map a table to a table."""
+"""YAML recipes: read into dataclasses, then run as an ordered list of stages that each map a table to a table.
+
+The stage order is ingest -> decontam -> dedup -> distill -> verify -> score -> select -> shards -> card. The design
+sketch put the teacher first and decontamination and dedup after selection; running them on the questions before
+the teacher means no request is paid for a benchmark item or a duplicate, and the later stages see fewer rows. A
+question they flag stays in the table with its `drop_reason` (sample 0, no trace) so that every drop is counted.
+
+Each stage's output is checkpointed in the build folder (`medr1_data/checkpoints.py`), keyed by the previous stage's
+key, the recipe settings the stage reads (`stage_settings`), fingerprints of the files it reads and the library
+(version and code). A rerun serves every stage whose checkpoint is still valid from it and runs the rest: a changed
+threshold reruns from the stage that reads it, a build killed in a stage starts again at that stage, and the
+teacher's response cache (`medr1_data/distill.py`) makes sure no response is requested twice.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +18,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +34,9 @@ import yaml
 from medr1_data import Medr1Error, __version__
 from medr1_data import sources as source_registry
 from medr1_data.benchmarks import DEFAULT_BENCHMARKS
+from medr1_data.checkpoints import Checkpoints, decode_stats, encode_stats, fingerprint, sha256_path, stage_key
 from medr1_data.distill import TeacherSettings, distill
+from medr1_data.progress import BuildProgress, PeakRSS
 from medr1_data.prompts import get_template
 from medr1_data.schema import REJECT_SCHEMA, TRACE_FIELDS, normalize
 from medr1_data.score import ScoreSettings, score
@@ -193,10 +208,15 @@ class Build:
     quiet: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     report: list[dict[str, Any]] = field(default_factory=list)
+    progress: BuildProgress | None = None
 
     def log(self, message: str) -> None:
         """A progress line on stderr (silent with --quiet)."""
-        if not self.quiet:
+        if self.quiet:
+            return
+        if self.progress is not None:
+            self.progress.message(f"[medr1] {message}")
+        else:
             print(f"[medr1] {message}", file=sys.stderr, flush=True)
 
 
@@ -295,9 +315,10 @@ def _settings(cls: type, values: dict[str, Any], section: str) -> Any:
 def stage_distill(table: pa.Table, b: Build) -> pa.Table:
     """Teacher traces, one row per (question, sample); questions already dropped are not sent (nothing is paid)."""
     teacher = dataclasses.replace(b.recipe.teacher, cache=str(b.recipe.resolve(b.recipe.teacher.cache)))
+    # Questions go in by id, so the traces come out in release order (id, sample_idx) whatever the sources' order.
     if "drop_reason" not in table.column_names:
-        return distill(table, teacher, quiet=b.quiet)
-    active = table.filter(pa.compute.is_null(table.column("drop_reason")))
+        return distill(table.sort_by("id"), teacher, quiet=b.quiet)
+    active = table.filter(pa.compute.is_null(table.column("drop_reason"))).sort_by("id")
     skipped = table.filter(pa.compute.is_valid(table.column("drop_reason")))
     traces = distill(active.drop_columns(["drop_reason"]), teacher, quiet=b.quiet)
     traces = traces.append_column("drop_reason", pa.nulls(traces.num_rows, pa.string()))
@@ -340,8 +361,12 @@ def stage_shards(table: pa.Table, b: Build) -> pa.Table:
     pq.write_table(normalize(unanswered), b.build_dir / "unanswered.parquet")
     kept_table = normalize(kept.to_arrow())
     files = write_shards(kept_table, b.out, b.recipe.output)
-    write_manifest(b.out, files, kept_table.schema, b.recipe.raw, b.recipe.sha256)
+    manifest = write_manifest(b.out, files, kept_table.schema, b.recipe.raw, b.recipe.sha256, b.recipe.version)
+    from medr1_data.card import length_stats
+
     b.stats.update(
+        configs=manifest["configs"],
+        lengths=length_stats(kept_table),
         rows=kept_table.num_rows,
         bytes=sum(f["bytes"] for f in files),
         arrow_bytes=kept_table.nbytes,
@@ -363,7 +388,7 @@ def stage_shards(table: pa.Table, b: Build) -> pa.Table:
 
 def stage_card(table: pa.Table, b: Build) -> pa.Table:
     """Render the dataset card from the build's numbers."""
-    from medr1_data.card import render_card
+    from medr1_data.card import render_card, template_version
     from medr1_data.shards import schema_doc
 
     r, s = b.recipe, b.stats
@@ -392,7 +417,9 @@ def stage_card(table: pa.Table, b: Build) -> pa.Table:
             "recipe_sha256": r.sha256,
             "library_version": __version__,
             "teacher": r.teacher.public(),
+            "template_version": template_version(r.teacher.template),
             "system_prompt": get_template(r.teacher.template).system,
+            "user_template": get_template(r.teacher.template).user,
             "selection": selection,
             "min_quality": keep.min_quality,
             "columns": schema_doc(s["schema"]),
@@ -415,29 +442,229 @@ STAGES: dict[str, Callable[[pa.Table | None, Build], pa.Table]] = {
 }
 
 
-def run(recipe: Recipe, out: Path | None = None, quiet: bool = False) -> Build:
-    """Run the recipe's stages in order; write the release to `out` and the build report beside it."""
+# Teacher keys that change how responses are fetched, not which responses a build gets (the request key ignores them).
+_TEACHER_RUNTIME_KEYS = (
+    "base_url",
+    "api_key_env",
+    "offline",
+    "concurrency",
+    "request_timeout",
+    "max_retries",
+    "backoff_s",
+    "backoff_max_s",
+    "expected_completion_tokens",
+    "label",
+)
+
+
+def _spec_path(spec: str, r: Recipe) -> Path | None:
+    _, sep, path = spec.partition("=")
+    return r.resolve(path) if sep and path else None
+
+
+def stage_settings(name: str, r: Recipe, out: Path) -> Any:
+    """What a stage's checkpoint key covers besides its input: the recipe settings and files the stage reads."""
+    if name == "ingest":
+        paths = [_spec_path(s.spec, r) for s in r.sources]
+        return {"sources": [dataclasses.asdict(s) for s in r.sources], "files": [fingerprint(p) for p in paths if p]}
+    if name == "decontam":
+        paths = [_spec_path(s, r) for s in r.decontam.benchmarks]
+        if r.decontam.benchmark_dir:
+            paths.append(r.resolve(r.decontam.benchmark_dir))
+        if os.environ.get("MEDR1_BENCHMARK_DIR"):
+            paths.append(Path(os.environ["MEDR1_BENCHMARK_DIR"]))
+        return {"decontam": dataclasses.asdict(r.decontam), "files": [fingerprint(p) for p in paths if p]}
+    if name == "dedup":
+        return dataclasses.asdict(r.dedup)
+    if name == "distill":
+        teacher = dataclasses.asdict(r.teacher)
+        teacher["cache"] = str(r.resolve(r.teacher.cache).resolve())
+        return {k: v for k, v in teacher.items() if k not in _TEACHER_RUNTIME_KEYS}
+    if name == "verify":
+        return {}
+    if name == "score":
+        return dataclasses.asdict(r.score)
+    if name == "select":
+        return dataclasses.asdict(r.select)
+    # shards and card write the release folder, whose manifest and card record the whole recipe
+    return {"recipe_sha256": r.sha256, "out": str(Path(out).resolve())}
+
+
+def _drop_counts(table: pa.Table | None) -> dict[str, int]:
+    if table is None or "drop_reason" not in table.column_names:
+        return {}
+    counts = pa.compute.value_counts(table.column("drop_reason").drop_null())
+    return {c["values"].as_py(): c["counts"].as_py() for c in counts}
+
+
+def _files(*folders: Path) -> dict[Path, tuple[int, int]]:
+    """(size, mtime) of every file a stage may write: the release folder and the build folder, checkpoints aside."""
+    found = {}
+    for folder in folders:
+        for p in folder.rglob("*"):
+            if p.is_file() and "checkpoints" not in p.relative_to(folder).parts and p.name != "build_report.json":
+                st = p.stat()
+                found[p] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _run_stage(name: str, table: pa.Table | None, b: Build) -> tuple[pa.Table, dict[str, Any], dict[str, str]]:
+    """Run one stage, measuring it: (output table, report entry, the build numbers it added or changed)."""
+    stats_before = encode_stats({k: v for k, v in b.stats.items() if k != "build_report"})
+    files_before = _files(b.out, b.build_dir)
+    drops_before = _drop_counts(table)
+    rows_in = None if table is None else table.num_rows
+    assert b.progress is not None
+    b.progress.start(name, rows_in, live=name != "distill")
+    start = time.perf_counter()
+    try:
+        out = STAGES[name](table, b)
+    finally:
+        b.progress.close()
+    seconds = time.perf_counter() - start
+    stats_after = encode_stats({k: v for k, v in b.stats.items() if k != "build_report"})
+    added = {k: v for k, v in stats_after.items() if stats_before.get(k) != v}
+    rows_out = out.num_rows
+    if name == "ingest":
+        rows_in = sum(s["rows_read"] for s in b.stats.get("sources", []))
+        dropped = dict(b.stats.get("reject_reasons", {}))
+    elif name == "shards" and "rows" in b.stats:
+        rows_out = b.stats["rows"]
+        flagged = sum(_drop_counts(table).values())
+        dropped = {"flagged by an earlier stage": flagged} if flagged else {}
+    else:
+        after = _drop_counts(out)
+        dropped = {k: n - drops_before.get(k, 0) for k, n in sorted(after.items()) if n > drops_before.get(k, 0)}
+    entry = {
+        "stage": name,
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "dropped": dropped,
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": 0.0,  # set by the caller: the stage's window includes loading its input and its checkpoint
+        "cached": False,
+    }
+    if name == "distill" and "completion_tokens" in out.column_names:
+        entry["completion_tokens"] = int(pa.compute.sum(out.column("completion_tokens")).as_py() or 0)
+        entry["cost_usd"] = round(float(pa.compute.sum(out.column("cost_usd")).as_py() or 0.0), 4)
+    outputs = {str(p): sha256_path(p) for p, sig in _files(b.out, b.build_dir).items() if files_before.get(p) != sig}
+    return out, entry, {"stats": added, "outputs": outputs}
+
+
+def _release_memory() -> None:
+    """Hand memory freed by the last stage back to the OS, so that the next stage's peak starts from what is live."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # glibc keeps freed Python strings in its heap until asked
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _stage_index(stages: list[str], name: str | None, option: str, recipe: Recipe) -> int | None:
+    if name is None:
+        return None
+    if name not in stages:
+        raise Medr1Error(f"{option} {name}: recipe {recipe.name} has no such stage (stages: {', '.join(stages)})")
+    return stages.index(name)
+
+
+def run(
+    recipe: Recipe,
+    out: Path | None = None,
+    quiet: bool = False,
+    *,
+    from_stage: str | None = None,
+    until_stage: str | None = None,
+) -> Build:
+    """Run the recipe's stages in order, serving each from its checkpoint while it is valid; write the release to
+    `out` and `build_report.json` to the build folder beside it.
+
+    `from_stage`: rerun from this stage on (the stages before it must have valid checkpoints). `until_stage`: stop
+    after this stage (the release is complete only when the last stage ran).
+    """
     out = Path(out or recipe.output.dir)
     build_dir = out.with_name(out.name + ".build")
+    stages = list(recipe.stages)
+    first = _stage_index(stages, from_stage, "--from", recipe)
+    last = _stage_index(stages, until_stage, "--until", recipe)
+    last = len(stages) - 1 if last is None else last
+    if first is not None and first > last:
+        raise Medr1Error(f"--from {from_stage} comes after --until {until_stage} (stages: {', '.join(stages)})")
     out.mkdir(parents=True, exist_ok=True)
     build_dir.mkdir(parents=True, exist_ok=True)
+    report_path = build_dir / "build_report.json"
+    try:
+        previous = json.loads(report_path.read_text(encoding="utf-8")).get("stages")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    started = time.perf_counter()
     b = Build(recipe, out, build_dir, quiet)
+    b.progress = BuildProgress(stages[: last + 1], quiet=quiet, previous=previous)
+    b.stats["build_report"] = b.report
+    checkpoints = Checkpoints(build_dir, stages)
+    keys, key = [], None
+    for name in stages:
+        key = stage_key(key, name, stage_settings(name, recipe, out))
+        keys.append(key)
+
     table: pa.Table | None = None
-    for name in recipe.stages:
-        rows_in = None if table is None else table.num_rows
-        start = time.perf_counter()
-        table = STAGES[name](table, b)
-        seconds = time.perf_counter() - start
-        b.report.append({"stage": name, "rows_in": rows_in, "rows_out": table.num_rows, "seconds": round(seconds, 3)})
-        b.log(f"{name}: {table.num_rows} rows in {seconds:.2f}s")
+    source: dict[str, Any] | None = None  # the checkpoint whose table is the next stage's input
+    running = False
+    for i, name in enumerate(stages[: last + 1]):
+        meta = None if running or (first is not None and i >= first) else checkpoints.meta(name, keys[i])
+        if meta is not None:
+            b.stats.update(decode_stats(meta["stats"]))
+            entry = {**meta["report"], "cached": True}
+            b.report.append(entry)
+            b.progress.finish(entry)
+            if meta["table"]:
+                source, table = meta, None
+            continue
+        if first is not None and i < first:
+            raise Medr1Error(
+                f"--from {from_stage}: stage '{name}' before it has no valid checkpoint (never run, or its settings "
+                "or input files changed); run the build without --from"
+            )
+        running = True
+        peak = PeakRSS()
+        peak.start()
+        t0 = time.perf_counter()
+        if table is None and source is not None:
+            table = checkpoints.table(source)
+        loaded = time.perf_counter() - t0
+        result, entry, meta = _run_stage(name, table, b)
+        t1 = time.perf_counter()
+        written = checkpoints.write_table(name, None if result is table else result, table, source)
+        entry["checkpoint_seconds"] = round(loaded + time.perf_counter() - t1, 3)
+        entry["peak_rss_mb"] = peak.stop()
+        entry["start_rss_mb"] = peak.start_mb  # resident when the stage began (before loading its input)
+        saved = checkpoints.save(name, keys[i], written, {"report": entry, **meta})
+        if saved["table"]:
+            source = saved
+        table = result
+        del result
+        _release_memory()
+        b.report.append(entry)
+        extra = ""
+        if "completion_tokens" in entry:
+            extra = f"; {entry['completion_tokens']:,} completion tokens, ${entry['cost_usd']:,.2f}"
+        b.progress.finish(entry, extra)
     report = {
         "recipe": recipe.name,
         "recipe_sha256": recipe.sha256,
         "library_version": __version__,
+        "complete": last == len(stages) - 1,
+        "seconds": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": max((s["peak_rss_mb"] for s in b.report if not s["cached"]), default=0.0),
         "stages": b.report,
         "summary": summary_rows(b),
     }
-    (build_dir / "build_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp = report_path.with_name(report_path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, report_path)
     return b
 
 

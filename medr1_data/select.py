@@ -39,7 +39,10 @@ def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
     Among a question's correct samples the best is kept: highest `quality_score` when the table has one,
     then the shorter reasoning, then the lower `sample_idx`.
     """
-    df = pl.from_arrow(table)
+    # Only the columns the rules read go through polars; the result is one column set on the input table, so the
+    # traces' text is neither copied nor converted.
+    needed = ("id", "sample_idx", "verify_reason", "finish_reason", "reasoning", "drop_reason", "quality")
+    df = pl.from_arrow(table.select([c for c in (*needed, "quality_score") if c in table.column_names]))
     reason = pl.col("verify_reason")
     cut_off = (pl.col("finish_reason") == "length") & pl.lit(settings.drop_truncated)
     bad = (
@@ -80,7 +83,10 @@ def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
         .with_columns(pl.coalesce("drop_reason", "_extra").alias("drop_reason"))
         .drop("_extra")
     )
-    return df.to_arrow()
+    column = df.get_column("drop_reason").to_arrow().cast(pa.string())
+    if "drop_reason" in table.column_names:
+        return table.set_column(table.schema.get_field_index("drop_reason"), "drop_reason", column)
+    return table.append_column("drop_reason", column)
 
 
 def drop_counts(table: pa.Table) -> dict[str, int]:

@@ -1,21 +1,34 @@
-"""Release files: zstd Parquet shards in the Hub layout, a manifest with checksums, and checked reading."""
+"""Release files: zstd Parquet shards in the Hub layout (one source per shard), a manifest, checked reading.
+
+Rows are sorted by `id` then `sample_idx`. Since an id starts with its source's name, that order groups the rows by
+source, and every shard holds the rows of one source only: the `default` config reads `data/{split}-*`, and the config
+of a source (`medqa`, `medmcqa`, ...) lists exactly that source's shards. No row is stored twice.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medr1_data import Medr1Error, __version__
 from medr1_data.schema import COLUMN_DOCS, normalize
 
 MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 2
+DEFAULT_CONFIG = "default"
+# The same content-defined chunking as `datasets` (config.DEFAULT_CDC_OPTIONS): pages are cut where the content says,
+# so an unchanged run of rows gives identical pages in the next version and Xet storage uploads it only once.
+CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "norm_level": 0}
 
 
 @dataclass
@@ -24,9 +37,10 @@ class ShardSettings:
 
     dir: str = "medr1-reasoning"
     split: str = "train"
-    shard_bytes: int = 500 * 1024 * 1024  # datasets' own default for push_to_hub (500MB of Arrow data)
-    row_group_rows: int = 1000
-    compression_level: int = 9
+    shard_bytes: int = 500 * 1000 * 1000  # datasets' MAX_SHARD_SIZE ("500MB" of Arrow data) for push_to_hub
+    row_group_bytes: int = 100 * 1000 * 1000  # datasets' MAX_ROW_GROUP_SIZE ("100MB" of Arrow data)
+    compression_level: int = 3
+    content_defined_chunking: bool = True
 
 
 def sha256_file(path: Path) -> str:
@@ -39,42 +53,84 @@ def sha256_file(path: Path) -> str:
 
 
 def sort_rows(table: pa.Table) -> pa.Table:
-    """The deterministic release order: by `id`, then `sample_idx`."""
+    """The deterministic release order: by `id`, then `sample_idx` (which also groups rows by source)."""
     keys = [("id", "ascending")] + ([("sample_idx", "ascending")] if "sample_idx" in table.column_names else [])
     return table.sort_by(keys)
 
 
+def source_runs(table: pa.Table) -> list[tuple[str, int, int]]:
+    """(source, offset, length) of each run of equal `source` values in a sorted table; each source once."""
+    if not table.num_rows:
+        return []
+    runs = pc.run_end_encode(table.column("source").combine_chunks())
+    ends = runs.run_ends.to_pylist()
+    names = runs.values.to_pylist()
+    if len(set(names)) != len(names):
+        raise Medr1Error("release rows are not grouped by source: an id does not start with its source's name")
+    starts = [0, *ends[:-1]]
+    return [(name, start, end - start) for name, start, end in zip(names, starts, ends, strict=True)]
+
+
+def _shard_plan(table: pa.Table, shard_bytes: int) -> list[tuple[str, pa.Table]]:
+    """Slices of at most about `shard_bytes` Arrow bytes, never mixing two sources."""
+    plan = []
+    for source, offset, length in source_runs(table):
+        part = table.slice(offset, length)
+        n = max(1, math.ceil(part.nbytes / shard_bytes))
+        per = math.ceil(length / n)
+        plan += [(source, part.slice(i * per, per)) for i in range(n) if i * per < length]
+    return plan
+
+
+def row_group_rows(table: pa.Table, row_group_bytes: int) -> int:
+    """Rows per row group so that a group holds about `row_group_bytes` of Arrow data (how `datasets` sizes them)."""
+    if not table.num_rows or not table.nbytes:
+        return max(1, table.num_rows)
+    return max(1, table.num_rows * row_group_bytes // table.nbytes)
+
+
+def write_parquet(table: pa.Table, path: Path, settings: ShardSettings) -> None:
+    """One zstd Parquet file with statistics, a page index and row groups sized like `datasets` writes them."""
+    pq.write_table(
+        table,
+        path,
+        compression="zstd",
+        compression_level=settings.compression_level,
+        row_group_size=row_group_rows(table, settings.row_group_bytes),
+        write_statistics=True,
+        write_page_index=True,
+        use_content_defined_chunking=CDC_OPTIONS if settings.content_defined_chunking else False,
+    )
+
+
 def write_shards(table: pa.Table, out: Path, settings: ShardSettings) -> list[dict[str, Any]]:
-    """Write `data/{split}-{i:05d}-of-{n:05d}.parquet` sized by Arrow bytes; return one manifest entry per file."""
+    """Write `data/{split}-{i:05d}-of-{n:05d}.parquet` (one source per shard); return one manifest entry per file."""
+    out = Path(out)
     table = normalize(sort_rows(table))
-    data = Path(out) / "data"
+    data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     for old in data.glob(f"{settings.split}-*-of-*.parquet"):
         old.unlink()
-    n = max(1, math.ceil(table.nbytes / settings.shard_bytes))
-    per = math.ceil(table.num_rows / n) if table.num_rows else 0
-    entries = []
-    for i in range(n):
-        part = table.slice(i * per, per)
-        path = data / f"{settings.split}-{i:05d}-of-{n:05d}.parquet"
-        pq.write_table(
-            part,
-            path,
-            compression="zstd",
-            compression_level=settings.compression_level,
-            row_group_size=settings.row_group_rows,
-            write_statistics=True,
-        )
-        entries.append(
-            {
-                "path": path.relative_to(out).as_posix(),
-                "split": settings.split,
-                "rows": part.num_rows,
-                "bytes": path.stat().st_size,
-                "sha256": sha256_file(path),
-            }
-        )
-    return entries
+    plan = _shard_plan(table, settings.shard_bytes) or [(None, table)]
+    n = len(plan)
+    paths = [data / f"{settings.split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+
+    def write(i: int) -> dict[str, Any]:
+        source, part = plan[i]
+        write_parquet(part, paths[i], settings)
+        return {
+            "path": paths[i].relative_to(out).as_posix(),
+            "split": settings.split,
+            "config": source,
+            "rows": part.num_rows,
+            "arrow_bytes": part.nbytes,
+            "bytes": paths[i].stat().st_size,
+            "sha256": sha256_file(paths[i]),
+        }
+
+    # pyarrow releases the GIL while encoding and compressing: shards are written side by side.
+    with ThreadPoolExecutor(max_workers=max(1, min(n, os.cpu_count() or 1))) as pool:
+        return list(pool.map(write, range(n)))
 
 
 def schema_doc(schema: pa.Schema) -> list[dict[str, str]]:
@@ -82,39 +138,98 @@ def schema_doc(schema: pa.Schema) -> list[dict[str, str]]:
     return [{"name": f.name, "type": str(f.type), "description": COLUMN_DOCS.get(f.name, "")} for f in schema]
 
 
+def config_summary(files: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per config (`default` first, then each source): its files and, per split, rows and bytes."""
+    configs: dict[str, dict[str, Any]] = {}
+    for name in [DEFAULT_CONFIG, *sorted({f["config"] for f in files if f.get("config")})]:
+        mine = [f for f in files if name == DEFAULT_CONFIG or f.get("config") == name]
+        splits: dict[str, dict[str, int]] = {}
+        for f in mine:
+            s = splits.setdefault(f["split"], {"rows": 0, "bytes": 0, "arrow_bytes": 0})
+            s["rows"] += f["rows"]
+            s["bytes"] += f["bytes"]
+            s["arrow_bytes"] += f.get("arrow_bytes", 0)
+        configs[name] = {"files": [f["path"] for f in mine], "splits": splits}
+    return configs
+
+
 def write_manifest(
-    out: Path, files: list[dict[str, Any]], schema: pa.Schema, recipe: dict[str, Any], recipe_sha256: str
+    out: Path,
+    files: list[dict[str, Any]],
+    schema: pa.Schema,
+    recipe: dict[str, Any],
+    recipe_sha256: str,
+    version: str | None = None,
 ) -> dict[str, Any]:
-    """Write `manifest.json`: files with rows, bytes and sha256; the schema; the recipe and its hash; the version."""
+    """Write `manifest.json`: files with rows, bytes and sha256; configs; the schema; the recipe and its hash."""
     manifest = {
-        "format": 1,
+        "format": MANIFEST_FORMAT,
+        "version": version if version is not None else str(recipe.get("version", "")),
         "library": {"name": "medr1", "version": __version__},
         "recipe_sha256": recipe_sha256,
         "recipe": recipe,
         "files": files,
         "splits": {s: sum(f["rows"] for f in files if f["split"] == s) for s in sorted({f["split"] for f in files})},
+        "configs": config_summary(files),
         "schema": schema_doc(schema),
     }
     (Path(out) / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
 
 
-def read_release(folder: Path, split: str = "train") -> pa.Table:
-    """Read a release folder's split after checking every file against the manifest's size and sha256."""
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The release folder's `manifest.json`."""
     path = Path(folder) / MANIFEST
     if not path.exists():
         raise Medr1Error(f"{path}: no manifest; is {folder} a MedR1 release folder?")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    tables = []
-    for entry in manifest["files"]:
-        if entry["split"] != split:
-            continue
-        file = Path(folder) / entry["path"]
-        if not file.exists():
-            raise Medr1Error(f"{file}: listed in the manifest but missing")
-        if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
-            raise Medr1Error(f"{file}: checksum does not match the manifest (file changed or corrupt)")
-        tables.append(pq.read_table(file))
-    if not tables:
-        raise Medr1Error(f"{folder}: the manifest lists no files for split '{split}'")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise Medr1Error(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        raise Medr1Error(f"{path}: no 'files' list; is {folder} a MedR1 release folder?")
+    return manifest
+
+
+def _check_file(folder: Path, entry: dict[str, Any]) -> Path:
+    file = Path(folder) / entry["path"]
+    if not file.exists():
+        raise Medr1Error(f"{file}: listed in the manifest but missing")
+    if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
+        raise Medr1Error(f"{file}: checksum does not match the manifest (file changed or corrupt)")
+    return file
+
+
+def check_release(folder: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check every file of the manifest (size, sha256) and that `data/` holds no file the manifest does not list."""
+    folder = Path(folder)
+    manifest = manifest or read_manifest(folder)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(lambda e: _check_file(folder, e), manifest["files"]))
+    listed = {e["path"] for e in manifest["files"]}
+    extra = sorted(p.relative_to(folder).as_posix() for p in (folder / "data").rglob("*") if p.is_file())
+    extra = [p for p in extra if p not in listed]
+    if extra:
+        raise Medr1Error(f"{folder / extra[0]}: in data/ but not in the manifest ({len(extra)} such file(s))")
+    return manifest
+
+
+def read_release(folder: Path, split: str = "train", config: str = DEFAULT_CONFIG) -> pa.Table:
+    """Read one config's split of a release folder after checking each file's size and sha256 against the manifest."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    entries = [
+        e
+        for e in manifest["files"]
+        if e["split"] == split and (config == DEFAULT_CONFIG or e.get("config", DEFAULT_CONFIG) == config)
+    ]
+    if not entries:
+        configs = ", ".join(manifest.get("configs", {DEFAULT_CONFIG: None}))
+        raise Medr1Error(f"{folder}: the manifest lists no files for config '{config}' split '{split}' ({configs})")
+
+    def read(entry: dict[str, Any]) -> pa.Table:
+        return pq.read_table(_check_file(folder, entry))
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        tables = list(pool.map(read, entries))
     return pa.concat_tables(tables)

@@ -8,6 +8,8 @@ import pyarrow as pa
 from medr1_data.answers import BARE_STRIP, REASONING_TAIL_CHARS, Extraction, extract
 from medr1_data.schema import VERIFY_FIELDS
 
+BATCH_ROWS = 32768
+
 
 def verify(table: pa.Table) -> pa.Table:
     """Add `pred_label`, `is_correct`, `verify_reason` and `answer_source` to a table of traces."""
@@ -28,16 +30,17 @@ def verify(table: pa.Table) -> pa.Table:
         for b, ok in zip(bare["bare"].to_list(), is_bare.to_list(), strict=True)
     ]
     rest = [i for i, f in enumerate(found) if f is None]
-    if rest:
-        cols = table.select(["response", "options"]).take(rest).to_pydict()
-        for i, resp, opts in zip(rest, cols["response"], cols["options"], strict=True):
+    for start in range(0, len(rest), BATCH_ROWS):  # Python objects for a batch at a time, not for every row
+        part = rest[start : start + BATCH_ROWS]
+        cols = table.select(["response", "options"]).take(part).to_pydict()
+        for i, resp, opts in zip(part, cols["response"], cols["options"], strict=True):
             found[i] = extract(resp, opts)
     # Only rows whose response commits to nothing fall back to the end of their reasoning.
     missing = [i for i, f in enumerate(found) if f.label is None and f.rule != "multiple_labels"]
     if missing:
         sub = (
-            pl.from_arrow(table.select(["response", "options", "reasoning"]))
-            .select("response", "options", pl.col("reasoning").str.slice(-REASONING_TAIL_CHARS))[missing]
+            pl.from_arrow(table.select(["response", "options", "reasoning"]))[missing]  # rows first, then the tails
+            .select("response", "options", pl.col("reasoning").str.slice(-REASONING_TAIL_CHARS))
             .to_dict(as_series=False)
         )
         for i, resp, opts, tail in zip(missing, sub["response"], sub["options"], sub["reasoning"], strict=True):

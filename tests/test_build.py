@@ -55,10 +55,19 @@ def test_load_dataset_opens_the_folder_like_the_hub(demo) -> None:
     assert train["id"] == sorted(train["id"])
 
 
+def shard_paths(out: Path) -> list[str]:
+    """The release's shard files as the manifest lists them."""
+    return [f["path"] for f in json.loads((out / MANIFEST).read_text())["files"]]
+
+
 def test_hub_layout_files(demo) -> None:
     files = sorted(p.relative_to(demo.out).as_posix() for p in demo.out.rglob("*") if p.is_file())
-    assert files == ["README.md", "data/train-00000-of-00001.parquet", MANIFEST]
-    meta = pq.ParquetFile(demo.out / "data" / "train-00000-of-00001.parquet").metadata
+    shards = shard_paths(demo.out)
+    n = len(shards)
+    assert shards == [f"data/train-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    assert {"README.md", MANIFEST, *shards} <= set(files)
+    assert not [f for f in files if f.startswith("data/") and f not in shards]
+    meta = pq.ParquetFile(demo.out / shards[0]).metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
 
 
@@ -98,9 +107,11 @@ def test_card_parses_and_tells_the_build_numbers(demo) -> None:
     data = card.data.to_dict()
     assert data["license"] == "mit"
     assert data["pretty_name"] and data["task_categories"] and data["size_categories"] == ["n<1K"]
-    assert data["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
-    assert data["dataset_info"]["splits"][0]["num_examples"] == 25
-    assert [f["name"] for f in data["dataset_info"]["features"]][:3] == ["id", "source", "source_split"]
+    assert data["configs"][0]["config_name"] == "default"
+    info = data["dataset_info"]
+    info = next(c for c in info if c.get("config_name") == "default") if isinstance(info, list) else info
+    assert info["splits"][0]["num_examples"] == 25
+    assert [f["name"] for f in info["features"]][:3] == ["id", "source", "source_split"]
     text = card.text
     assert "not DeepSeek-R1 output" in text
     assert "| dropped: `wrong_answer` | 5 |" in text
@@ -114,8 +125,10 @@ def test_manifest_checksums_and_recipe(demo) -> None:
     manifest = json.loads((demo.out / MANIFEST).read_text())
     assert manifest["recipe"]["name"] == "medr1-demo"
     assert manifest["recipe_sha256"] == demo.recipe.sha256
-    (entry,) = manifest["files"]
-    assert entry["sha256"] == sha256_file(demo.out / entry["path"]) and entry["rows"] == 25
+    for entry in manifest["files"]:
+        assert entry["sha256"] == sha256_file(demo.out / entry["path"])
+    assert sum(entry["rows"] for entry in manifest["files"]) == 25
+    assert manifest["library"]["version"]
     assert read_release(demo.out).num_rows == 25
 
 
@@ -124,7 +137,7 @@ def test_corrupt_shard_is_detected(demo, tmp_path: Path) -> None:
 
     copy = tmp_path / "copy"
     shutil.copytree(demo.out, copy)
-    shard = copy / "data" / "train-00000-of-00001.parquet"
+    shard = copy / shard_paths(copy)[0]
     data = bytearray(shard.read_bytes())
     data[100] ^= 0xFF
     shard.write_bytes(bytes(data))
@@ -134,8 +147,10 @@ def test_corrupt_shard_is_detected(demo, tmp_path: Path) -> None:
 
 def test_two_builds_are_byte_identical(demo, tmp_path: Path) -> None:
     again = run(load_recipe("demo"), tmp_path / "again", quiet=True)
-    for name in ("data/train-00000-of-00001.parquet", MANIFEST, "README.md"):
+    assert shard_paths(again.out) == shard_paths(demo.out)
+    for name in (*shard_paths(demo.out), MANIFEST, "README.md"):
         assert (again.out / name).read_bytes() == (demo.out / name).read_bytes(), name
+    assert not any(s["cached"] for s in again.report)  # a fresh folder: every stage ran
 
 
 def test_overrides_and_small_shards(tmp_path: Path) -> None:
@@ -178,3 +193,113 @@ def test_real_recipe_describes_the_full_build() -> None:
     assert all(s.split != "test" for s in recipe.sources)  # test splits are benchmarks, never training data
     assert recipe.teacher.model == "deepseek-reasoner" and recipe.teacher.api_key_env == "DEEPSEEK_API_KEY"
     assert not recipe.teacher.offline
+
+
+# ------------------------------------------------------------------------- the distill stage's columnar cache reader
+
+
+def test_columnar_cache_reader_gives_the_same_traces_as_the_record_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build reads the response cache columnar; every record shape must come out as `ResponseCache.load` +
+    `split_reasoning` + `cost_usd` make it (the per-record path stays as the fallback)."""
+    import pyarrow as pa
+
+    from medr1_data import distill as d
+    from medr1_data.schema import QUESTION_SCHEMA
+
+    rows = [
+        {
+            "id": f"medqa/train/q{i}",
+            "source": "medqa",
+            "source_split": "train",
+            "source_id": f"q{i}",
+            "question": f"Question {i}?",
+            "options": [{"label": "A", "text": "x"}, {"label": "B", "text": f"y{i}"}],
+            "answer_label": "A",
+            "context": None,
+            "meta": "{}",
+            "license": "mit",
+        }
+        for i in range(12)
+    ]
+    table = pa.Table.from_pylist(rows, schema=QUESTION_SCHEMA)
+    teacher = d.TeacherSettings(
+        model="m", endpoint="openai", api_key_env=None, cache=str(tmp_path / "c"), offline=True, samples=1,
+        price_input_cache_hit_per_m=0.1, price_input_per_m=0.5, price_output_per_m=2.0,
+    )  # fmt: skip
+    keys = [k for _, _, k in d.requests_for(table, teacher)]
+    messages = [
+        {"role": "assistant", "content": " The answer is A.\n", "reasoning_content": "\n Think.\x1c "},
+        {"role": "assistant", "content": "B", "reasoning": "vLLM field", "reasoning_content": ""},
+        {"role": "assistant", "content": "<think>inline</think> A"},
+        {"role": "assistant", "content": "prefilled thought</think>\nA"},
+        {"role": "assistant", "content": "<think>cut off while thinking"},
+        {"role": "assistant", "content": "no thinking at all", "tool_calls": None},
+        {"role": "assistant", "content": None, "reasoning_content": "only thinking"},
+        {"role": "assistant", "content": "A", "reasoning_content": "   "},
+        {"role": "assistant", "content": "A", "reasoning_content": "first"},
+        {"role": "assistant", "content": "A", "reasoning_content": "second: the last record of a key wins"},
+    ]
+    usages = [
+        {"prompt_tokens": 100, "completion_tokens": 50, "prompt_cache_hit_tokens": 40, "prompt_cache_miss_tokens": 60},
+        {"prompt_tokens": 100, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 200}},
+        {},
+        None,
+        {"prompt_tokens": 3},
+    ]
+    records = []
+    for i, msg in enumerate(messages):
+        key = keys[min(i, 8)]  # records 8 and 9 share a key
+        usage = usages[i % len(usages)]
+        records.append(d.cache_record(key, teacher, 0, msg, "stop" if i % 4 else "length", usage, 1.5, id=f"r{i}"))
+    d.ResponseCache(teacher.cache).append(records)
+    with (tmp_path / "c" / d.CACHE_FILE).open("ab") as f:
+        f.write(b'{"key": "half-written')  # a writer killed mid-record
+    # keys[9..11] are not in the cache: missing rows with their error
+    monkeypatch.setattr(d, "_SPLIT_BATCH_ROWS", 5)  # batch edges inside the table
+    columnar = d.run_distill(table, teacher)
+    reader = d.read_cache_columns
+    assert reader(tmp_path / "c" / d.CACHE_FILE) is not None
+    monkeypatch.setattr(d, "read_cache_columns", lambda path: None)
+    by_record = d.run_distill(table, teacher)
+    assert columnar.missing == by_record.missing == 3 and columnar.first_missing == by_record.first_missing
+    assert columnar.table.schema == by_record.table.schema
+    assert columnar.table.to_pylist() == by_record.table.to_pylist()
+    got = columnar.table.to_pylist()
+    assert got[0]["reasoning"] == "Think." and got[8]["reasoning"].startswith("second")
+    assert got[9]["error"] == "not in the cache (offline)" and got[9]["reasoning"] is None
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"key": "k", "usage": {"prompt_tokens": "12"}, "message": {"content": "A"}}\n')
+    assert reader(odd) is None  # a record the columnar reader cannot type: the record reader decides
+
+
+def test_real_recipe_writes_out_every_threshold() -> None:
+    """Every stage threshold is in the medr1-170k recipe (and so in its hash, the manifest and the card)."""
+    import dataclasses
+
+    from medr1_data.decontam import DecontamSettings
+    from medr1_data.dedup import DedupSettings
+    from medr1_data.score import ScoreSettings
+    from medr1_data.select import SelectSettings
+
+    raw = load_recipe("medr1-170k").raw
+    sections = [
+        (DecontamSettings, raw["decontam"]["settings"], ()),
+        (DedupSettings, raw["dedup"]["settings"], ("source_priority",)),  # a keep rule, not a threshold
+        (ScoreSettings, raw["score"], ()),
+        (SelectSettings, raw["select"], ()),
+    ]
+    for cls, section, rules in sections:
+        missing = {f.name for f in dataclasses.fields(cls)} - set(section) - set(rules)
+        assert not missing, f"{cls.__name__}: {sorted(missing)} not in the recipe"
+
+
+def test_verify_in_batches_equals_verify_at_once(demo, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medr1_data import verify as v
+
+    traces = pq.read_table(demo.build_dir / "checkpoints" / "03-distill.parquet")
+    whole = v.verify(traces)
+    monkeypatch.setattr(v, "BATCH_ROWS", 7)
+    assert v.verify(traces).equals(whole)
+    assert whole.column("verify_reason").to_pylist().count("correct") > 20

@@ -14,7 +14,20 @@ from medr1_data.cli import build_parser, main
 
 from .conftest import FIXTURES
 
-SUBCOMMANDS = ["sources", "benchmarks", "ingest", "verify", "score", "distill", "decontam", "dedup", "build"]
+SUBCOMMANDS = [
+    "sources",
+    "benchmarks",
+    "ingest",
+    "verify",
+    "score",
+    "distill",
+    "decontam",
+    "dedup",
+    "build",
+    "push",
+    "diff",
+    "lm-eval-path",
+]
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -101,7 +114,8 @@ def test_build_with_no_arguments_runs_the_demo(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert "traces kept" in proc.stdout and "dropped: wrong_answer" in proc.stdout
-    assert (tmp_path / "medr1-reasoning" / "data" / "train-00000-of-00001.parquet").exists()
+    manifest = json.loads((tmp_path / "medr1-reasoning" / "manifest.json").read_text())
+    assert manifest["files"] and all((tmp_path / "medr1-reasoning" / f["path"]).exists() for f in manifest["files"])
     assert (tmp_path / "medr1-reasoning" / "README.md").exists()
 
 

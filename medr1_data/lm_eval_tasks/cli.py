@@ -1,0 +1,54 @@
+"""`medr1-eval`: `lm_eval` with the MedR1 tasks on its include path; every other argument passes through unchanged."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Sequence
+
+from medr1_data.lm_eval_tasks import task_dir
+
+SUBCOMMANDS = ("run", "ls", "validate")
+
+
+def with_include_path(argv: Sequence[str]) -> list[str]:
+    """`argv` with `--include_path` pointing at the MedR1 tasks, unless the user gave an include path of their own."""
+    args = list(argv)
+    if not args or args[0] in ("-h", "--help") or any(a.split("=", 1)[0] == "--include_path" for a in args):
+        return args
+    # lm_eval's legacy form (no subcommand) gets `run` inserted by lm_eval itself; keep the subcommand first.
+    at = 1 if args[0] in SUBCOMMANDS else 0
+    return [*args[:at], "--include_path", str(task_dir()), *args[at:]]
+
+
+def _also_search_medr1() -> None:
+    import lm_eval.tasks
+
+    from medr1_data.lm_eval_tasks import task_manager
+
+    lm_eval.tasks.TaskManager = functools.partial(task_manager)  # lm_eval imports it by name at call time
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run lm_eval's own command line with the MedR1 task folder included."""
+    try:
+        from lm_eval.__main__ import cli_evaluate
+    except ImportError:
+        print("medr1-eval: error: lm-eval is not installed (pip install 'medr1[eval]')", file=sys.stderr)
+        return 2
+    from medr1_data import Medr1Error
+
+    args = with_include_path(sys.argv[1:] if argv is None else argv)
+    if str(task_dir()) not in args:
+        _also_search_medr1()  # the user's own --include_path stays; lm_eval takes only one, so add ours beside it
+    sys.argv = [sys.argv[0] if sys.argv else "medr1-eval", *args]
+    try:
+        cli_evaluate()
+    except Medr1Error as e:
+        print(f"medr1-eval: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

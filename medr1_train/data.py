@@ -1,0 +1,250 @@
+"""Release rows → filtered, split chat examples → tokens with assistant-only labels; over-length rows are counted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from medr1_data.prompts import get_template
+from medr1_train.config import ConfigError, DataConfig
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Prepared:
+    """Tokenised train and eval splits and the counts of every filter, for logs and the model card."""
+
+    train: Any  # datasets.Dataset with input_ids, labels
+    eval: Any | None
+    stats: dict[str, Any] = field(default_factory=dict)
+    dataset_ref: dict[str, Any] = field(default_factory=dict)  # what was trained on: id/path, revision, manifest
+
+
+def _stable_key(seed: int, *parts: object) -> str:
+    return hashlib.sha1(":".join(str(p) for p in (seed, *parts)).encode("utf-8")).hexdigest()
+
+
+def load_release(cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
+    """The release as one Arrow table, from a local folder (its Parquet files) or a Hub id at `cfg.revision`."""
+    path = Path(cfg.dataset).expanduser()
+    if path.exists():
+        files = sorted((path / "data").glob(f"{cfg.split}-*.parquet")) if path.is_dir() else [path]
+        if path.is_dir() and not files:
+            files = sorted(path.rglob("*.parquet"))
+        if not files:
+            raise ConfigError(f"{path}: no Parquet files (expected data/{cfg.split}-*.parquet, as medr1-data builds)")
+        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+        ref: dict[str, Any] = {"dataset": str(path.resolve()), "revision": None, "files": [f.name for f in files]}
+        manifest = path / "manifest.json" if path.is_dir() else None
+        if manifest and manifest.is_file():
+            m = json.loads(manifest.read_text(encoding="utf-8"))
+            recipe = m.get("recipe") or {}
+            ref.update(
+                recipe_name=recipe.get("name"),
+                recipe_version=recipe.get("version"),
+                recipe_sha256=m.get("recipe_sha256"),
+            )
+            ref["revision"] = f"{recipe.get('name')}@{recipe.get('version')} (recipe sha256 {m.get('recipe_sha256')})"
+        return table, ref
+    if cfg.dataset.startswith(("/", "./", "../", "~")) or cfg.dataset.count("/") > 1:
+        raise ConfigError(f"data.dataset '{cfg.dataset}': no such file or folder")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(cfg.dataset, revision=cfg.revision, split=cfg.split)
+    except Exception as e:
+        raise ConfigError(
+            f"data.dataset '{cfg.dataset}' (revision {cfg.revision}): not a local folder and could not be loaded "
+            f"from the Hub: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+    ref = {"dataset": cfg.dataset, "revision": cfg.revision or "main (unpinned)"}
+    try:  # the commit the revision resolved to, where the Hub can be asked
+        from huggingface_hub import HfApi
+
+        ref["commit"] = HfApi().dataset_info(cfg.dataset, revision=cfg.revision).sha
+    except Exception:
+        pass
+    return ds.data.table, ref
+
+
+def _require(table: pa.Table, column: str, why: str) -> None:
+    if column not in table.column_names:
+        raise ConfigError(
+            f"release has no column '{column}' (needed for {why}); columns: {', '.join(table.column_names)}"
+        )
+
+
+def select_rows(table: pa.Table, cfg: DataConfig, seed: int) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """Filter on the release's own columns, hold out questions by id, then cap per source: (train, eval, counts)."""
+    counts: dict[str, int] = {"rows_read": table.num_rows}
+    for col in ("id", "question", "options", "answer_label"):
+        _require(table, col, "every example")
+
+    def keep(mask: pa.ChunkedArray | pa.Array, reason: str) -> None:
+        nonlocal table
+        mask = pc.fill_null(mask, False)
+        counts[f"dropped_{reason}"] = table.num_rows - pc.sum(mask).as_py() if table.num_rows else 0
+        table = table.filter(mask)
+
+    if cfg.require_correct:
+        _require(table, "is_correct", "data.require_correct")
+        keep(table["is_correct"], "not_correct")
+    if cfg.min_quality > 0:
+        _require(table, "quality_score", "data.min_quality")
+        keep(pc.greater_equal(table["quality_score"], cfg.min_quality), "low_quality")
+    if cfg.drop_contaminated and "contaminated" in table.column_names:
+        keep(pc.invert(pc.fill_null(table["contaminated"], False)), "contaminated")
+    if cfg.sources is not None or cfg.max_per_source:
+        _require(table, "source", "data.sources / data.max_per_source")
+    if cfg.sources is not None:
+        keep(pc.is_in(table["source"], pa.array(cfg.sources, pa.string())), "source_not_selected")
+
+    # Held out by question id, so no sample of an eval question is trained on.
+    ids = sorted(set(table["id"].to_pylist()), key=lambda q: _stable_key(seed, "eval", q))
+    n_eval = round(len(ids) * cfg.eval_fraction)
+    if cfg.eval_fraction > 0 and n_eval == 0 and len(ids) > 1:
+        n_eval = 1
+    eval_ids = pa.array(ids[:n_eval], pa.string())
+    in_eval = pc.is_in(table["id"], eval_ids)
+    eval_table, table = table.filter(in_eval), table.filter(pc.invert(in_eval))
+    counts["eval_questions"] = n_eval
+
+    sample_idx = table["sample_idx"].to_pylist() if "sample_idx" in table.column_names else [0] * table.num_rows
+    order = sorted(range(table.num_rows), key=lambda i: _stable_key(seed, "row", table["id"][i].as_py(), sample_idx[i]))
+    per_question: dict[str, int] = {}
+    per_source: dict[str, int] = {}
+    sources = table["source"].to_pylist() if "source" in table.column_names else [None] * table.num_rows
+    ids_col = table["id"].to_pylist()
+    chosen: list[int] = []
+    capped_q = capped_s = 0
+    for i in order:
+        q, s = ids_col[i], sources[i]
+        if cfg.max_samples_per_question is not None and per_question.get(q, 0) >= cfg.max_samples_per_question:
+            capped_q += 1
+            continue
+        if s in cfg.max_per_source and per_source.get(s, 0) >= cfg.max_per_source[s]:
+            capped_s += 1
+            continue
+        per_question[q] = per_question.get(q, 0) + 1
+        per_source[s] = per_source.get(s, 0) + 1
+        chosen.append(i)
+    counts["dropped_samples_per_question_cap"] = capped_q
+    counts["dropped_source_cap"] = capped_s
+    if cfg.max_rows is not None and len(chosen) > cfg.max_rows:
+        counts["dropped_max_rows"] = len(chosen) - cfg.max_rows
+        chosen = chosen[: cfg.max_rows]
+    table = table.take(pa.array(sorted(chosen), pa.int64()))
+    counts["train_rows_selected"] = table.num_rows
+    counts["eval_rows_selected"] = eval_table.num_rows
+    return table, eval_table, counts
+
+
+def format_fields(fmt: str) -> list[str]:
+    """The `{field}` names an assistant format uses."""
+    return [name for _, name, _, _ in string.Formatter().parse(fmt) if name]
+
+
+def to_messages(row: dict[str, Any], cfg: DataConfig) -> list[dict[str, str]]:
+    """System and user turns from the eval prompt template, then the assistant turn in `cfg.assistant_format`."""
+    template = get_template(cfg.template)
+    messages = template.messages(row["question"], row["options"], row.get("context"))
+    values = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+    try:
+        assistant = cfg.assistant_format.format(**values)
+    except (KeyError, IndexError) as e:
+        raise ConfigError(f"data.assistant_format: field {e} is not a column of the release") from None
+    return [*messages, {"role": "assistant", "content": assistant}]
+
+
+def training_chat_template(tokenizer: Any) -> str | None:
+    """The tokenizer's chat template if it marks the assistant turn with `{% generation %}`, else TRL's training one."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template or ""):
+        return None
+    try:
+        return get_training_chat_template(tokenizer)
+    except Exception as e:
+        raise ConfigError(
+            f"the model's chat template has no {{% generation %}} markers and TRL has no training version of it "
+            f"({e}); assistant-only loss cannot find the assistant's tokens"
+        ) from None
+
+
+def tokenize_rows(rows: list[dict[str, Any]], tokenizer: Any, cfg: DataConfig, chat_template: str | None) -> dict:
+    """input_ids, labels (-100 outside assistant turns), length and n_labels for a batch of release rows."""
+    conversations = [to_messages(r, cfg) for r in rows]
+    out = tokenizer.apply_chat_template(
+        conversations,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        chat_template=chat_template,
+    )
+    labels, n_labels = [], []
+    for ids, mask in zip(out["input_ids"], out["assistant_masks"], strict=True):
+        if 1 not in mask:
+            raise ConfigError("the chat template marked no assistant tokens; check its {% generation %} markers")
+        labels.append([t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)])
+        n_labels.append(sum(mask))
+    lengths = [len(i) for i in out["input_ids"]]
+    return {"input_ids": out["input_ids"], "labels": labels, "length": lengths, "n_labels": n_labels}
+
+
+def tokenize_table(table: pa.Table, tokenizer: Any, cfg: DataConfig, num_proc: int | None = None) -> tuple[Any, int]:
+    """Tokenise a table into a `datasets.Dataset`; rows over `cfg.max_length` are dropped: (dataset, n_dropped)."""
+    import datasets
+
+    needed = {"id", "question", "options", "context", *format_fields(cfg.assistant_format)}
+    missing = sorted(needed - set(table.column_names) - {"context"})
+    if missing:
+        raise ConfigError(f"data.assistant_format: field '{missing[0]}' is not a column of the release")
+    table = table.select([c for c in table.column_names if c in needed])
+    chat_template = training_chat_template(tokenizer)
+    ds = datasets.Dataset(table)
+
+    def _map(batch: dict[str, list]) -> dict:
+        rows = [dict(zip(batch, vals, strict=True)) for vals in zip(*batch.values(), strict=True)]
+        return tokenize_rows(rows, tokenizer, cfg, chat_template)
+
+    ds = ds.map(_map, batched=True, batch_size=256, remove_columns=ds.column_names, num_proc=num_proc)
+    n = len(ds)
+    ds = ds.filter(lambda n_tok: n_tok <= cfg.max_length, input_columns="length", num_proc=num_proc)
+    return ds, n - len(ds)
+
+
+def prepare(cfg: DataConfig, tokenizer: Any, seed: int = 42) -> Prepared:
+    """Load, filter, split and tokenise the release described by `cfg`."""
+    table, ref = load_release(cfg)
+    train_t, eval_t, counts = select_rows(table, cfg, seed)
+    if train_t.num_rows == 0:
+        raise ConfigError(f"{ref['dataset']}: no training rows left after filtering ({_fmt(counts)})")
+    train, too_long = tokenize_table(train_t, tokenizer, cfg, cfg.num_proc)
+    counts["dropped_too_long_train"] = too_long
+    ev = None
+    if eval_t.num_rows:
+        ev, too_long_eval = tokenize_table(eval_t, tokenizer, cfg, cfg.num_proc)
+        counts["dropped_too_long_eval"] = too_long_eval
+        ev = ev if len(ev) else None
+    if len(train) == 0:
+        raise ConfigError(
+            f"every training row is longer than data.max_length={cfg.max_length} tokens ({too_long} dropped)"
+        )
+    counts["train_examples"] = len(train)
+    counts["eval_examples"] = len(ev) if ev is not None else 0
+    counts["train_tokens"] = int(sum(train["length"]))
+    counts["train_assistant_tokens"] = int(sum(train["n_labels"]))
+    return Prepared(train=train, eval=ev, stats=counts, dataset_ref=ref)
+
+
+def _fmt(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in counts.items() if v)

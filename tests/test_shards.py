@@ -1,0 +1,141 @@
+"""Release shards: one source per shard, byte-sized shards and row groups, manifest, checked reading, load_dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from medr1_data import Medr1Error
+from medr1_data.recipe import load_recipe, run
+from medr1_data.shards import (
+    MANIFEST,
+    ShardSettings,
+    check_release,
+    read_release,
+    row_group_rows,
+    sha256_file,
+    write_manifest,
+    write_shards,
+)
+
+
+def rows_table(n_per_source: dict[str, int], text_chars: int = 2000) -> pa.Table:
+    """Trace-like rows of several sources, shuffled, with `text_chars` of reasoning each."""
+    ids, sources, samples, texts = [], [], [], []
+    for source, n in n_per_source.items():
+        for i in range(n):
+            for s in (1, 0):
+                ids.append(f"{source}/train/{i:04d}")
+                sources.append(source)
+                samples.append(s)
+                texts.append((f"{source} {i} {s} " * text_chars)[:text_chars])
+    order = sorted(range(len(ids)), key=lambda k: (hash(ids[k]) % 97, k))  # not in release order
+    return pa.table(
+        {
+            "id": [ids[k] for k in order],
+            "source": [sources[k] for k in order],
+            "sample_idx": pa.array([samples[k] for k in order], pa.int32()),
+            "reasoning": [texts[k] for k in order],
+        }
+    )
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> tuple[Path, list[dict], pa.Table]:
+    table = rows_table({"medqa": 60, "medmcqa": 90, "pubmedqa": 20})
+    settings = ShardSettings(shard_bytes=100_000, row_group_bytes=40_000)
+    out = tmp_path / "release"
+    files = write_shards(table, out, settings)
+    write_manifest(out, files, pq.read_schema(out / files[0]["path"]), {"name": "t", "version": "1.2.3"}, "0")
+    return out, files, table
+
+
+def test_shards_hold_one_source_each_in_release_order(written) -> None:
+    out, files, table = written
+    n = len(files)
+    assert [f["path"] for f in files] == [f"data/train-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    assert [f["config"] for f in files] == sorted(f["config"] for f in files)  # sources in id order
+    for f in files:
+        shard = pq.read_table(out / f["path"])
+        assert set(shard["source"].to_pylist()) == {f["config"]}
+        assert shard.num_rows == f["rows"] and (out / f["path"]).stat().st_size == f["bytes"]
+        assert f["arrow_bytes"] <= 100_000 * 1.1  # about the byte target (rows are not split)
+        assert f["sha256"] == sha256_file(out / f["path"])
+        meta = pq.ParquetFile(out / f["path"]).metadata
+        assert meta.row_group(0).column(0).compression == "ZSTD"
+        assert meta.num_row_groups == -(-shard.num_rows // row_group_rows(shard, 40_000))
+    assert sum(f["config"] == "medmcqa" for f in files) > 1  # a big source gets several shards
+    back = read_release(out)
+    keys = list(zip(back["id"].to_pylist(), back["sample_idx"].to_pylist(), strict=True))
+    assert keys == sorted(keys) and back.num_rows == table.num_rows
+
+
+def test_writes_are_deterministic(tmp_path: Path) -> None:
+    table = rows_table({"medqa": 30, "headqa": 30})
+    a = write_shards(table, tmp_path / "a", ShardSettings(shard_bytes=50_000))
+    b = write_shards(
+        table.slice(0).sort_by([("reasoning", "descending")]), tmp_path / "b", ShardSettings(shard_bytes=50_000)
+    )
+    assert [(f["path"], f["sha256"]) for f in a] == [(f["path"], f["sha256"]) for f in b]
+
+
+def test_manifest_configs_and_reading_each_config(written) -> None:
+    out, files, _ = written
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["version"] == "1.2.3" and manifest["library"]["name"] == "medr1"
+    assert list(manifest["configs"]) == ["default", "medmcqa", "medqa", "pubmedqa"]
+    assert manifest["configs"]["default"]["splits"]["train"]["rows"] == 340
+    for name, rows in (("medqa", 120), ("medmcqa", 180), ("pubmedqa", 40)):
+        config = manifest["configs"][name]
+        assert config["splits"]["train"]["rows"] == rows
+        assert config["files"] == [f["path"] for f in files if f["config"] == name]
+        table = read_release(out, config=name)
+        assert table.num_rows == rows and set(table["source"].to_pylist()) == {name}
+    with pytest.raises(Medr1Error, match="no files for config 'nosuch'"):
+        read_release(out, config="nosuch")
+
+
+def test_reading_checks_every_file(written, tmp_path: Path) -> None:
+    out, files, _ = written
+    assert check_release(out)["files"] == files
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / files[1]["path"]).unlink()
+    with pytest.raises(Medr1Error, match="listed in the manifest but missing"):
+        read_release(copy)
+    shutil.copy(out / files[1]["path"], copy / files[1]["path"])
+    shutil.copy(out / files[0]["path"], copy / "data" / "train-00099-of-00100.parquet")
+    with pytest.raises(Medr1Error, match="in data/ but not in the manifest"):
+        check_release(copy)
+    (copy / "data" / "train-00099-of-00100.parquet").unlink()
+    data = bytearray((copy / files[2]["path"]).read_bytes())
+    data[200] ^= 0xFF
+    (copy / files[2]["path"]).write_bytes(bytes(data))
+    with pytest.raises(Medr1Error, match="checksum does not match"):
+        read_release(copy, config=files[2]["config"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Medr1Error, match="no manifest"):
+        read_release(tmp_path / "empty")
+
+
+def test_load_dataset_reads_every_config_of_a_built_release(tmp_path: Path) -> None:
+    import datasets
+
+    b = run(load_recipe("demo", ["output.shard_bytes=12000"]), tmp_path / "out", quiet=True)
+    manifest = json.loads((b.out / MANIFEST).read_text())
+    assert len(manifest["files"]) > len(manifest["configs"]) - 1  # some source has several shards
+    for name, config in manifest["configs"].items():
+        ds = datasets.load_dataset(str(b.out), name, split="train")
+        assert ds.num_rows == config["splits"]["train"]["rows"]
+        expected = read_release(b.out, config=name)
+        assert ds["id"] == expected["id"].to_pylist()  # same rows, same order
+        if name != "default":
+            assert set(ds["source"]) == {name}
+    assert (
+        sum(c["splits"]["train"]["rows"] for n, c in manifest["configs"].items() if n != "default") == b.stats["rows"]
+    )
