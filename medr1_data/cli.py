@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from medr1_data import Medr1Error, __version__
@@ -452,21 +452,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             parser.print_help()
             return 0
+    return guarded("medr1-data", lambda: args.func(args))
+
+
+def guarded(prog: str, call: Callable[[], int]) -> int:
+    """Run a command: a Medr1Error is one `PROG: error:` line and exit 2, never a traceback (unless MEDR1_DEBUG)."""
     try:
-        return args.func(args)
+        return call()
     except Medr1Error as e:
-        print(f"medr1-data: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("medr1-data: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         if os.environ.get("MEDR1_DEBUG"):
             raise
-        print(
-            f"medr1-data: internal error: {type(e).__name__}: {e} (set MEDR1_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
+        print(f"{prog}: internal error: {type(e).__name__}: {e} (set MEDR1_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 
 

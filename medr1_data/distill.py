@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 
 from medr1_data import Medr1Error
 from medr1_data.prices import Price, cost_usd, price_for
+from medr1_data.progress import duration, human
 from medr1_data.prompts import get_template
 from medr1_data.schema import TRACE_FIELDS, TRACE_SCHEMA, conform
 
@@ -427,23 +428,6 @@ class RunStats:
     cache_batches: int = 0  # fsyncs of the cache file
 
 
-def _human(n: float) -> str:
-    for unit in ("", "K", "M", "G"):
-        if abs(n) < 1000:
-            return f"{n:.1f}{unit}" if unit else f"{n:.0f}"
-        n /= 1000
-    return f"{n:.1f}T"
-
-
-def _duration(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    s = int(s)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def progress_line(st: RunStats) -> str:
     """done/total, requests/s, output tokens/s, spent, ETA, retries and failures."""
     elapsed = max(time.monotonic() - st.started, 1e-9)
@@ -453,8 +437,8 @@ def progress_line(st: RunStats) -> str:
     eta = left / rate if rate > 0 else math.inf
     pct = 100.0 * done / st.total if st.total else 100.0
     return (
-        f"distill {done}/{st.total} ({pct:.1f}%) | {rate:.1f} req/s | {_human(st.completion_tokens / elapsed)} tok/s "
-        f"| ${st.cost_usd:.2f} spent | ETA {_duration(eta) if left else '0s'} "
+        f"distill {done}/{st.total} ({pct:.1f}%) | {rate:.1f} req/s | {human(st.completion_tokens / elapsed)} tok/s "
+        f"| ${st.cost_usd:.2f} spent | ETA {duration(eta) if left else '0s'} "
         f"| {sum(st.retries.values())} retries, {st.failed} failed"
     )
 

@@ -27,11 +27,13 @@ def model_card(
     usage: str | None = None,
     extra_sections: dict[str, str] | None = None,
     tags: list[str] | None = None,
+    library_name: str | None = None,
 ) -> str:
     """The README.md text of a model card: YAML header (base model, dataset, tags) and the training provenance.
 
     `kind` is `adapter` (a peft LoRA adapter) or `merged` (a full model); `dataset_ref` is what `medr1_train.data`
-    records (`dataset`, `revision`, and for a local release the build recipe's name, version and SHA-256).
+    records (`dataset`, `revision`, and for a local release the build recipe's name, version and SHA-256);
+    `library_name` overrides the Hub library the header names (e.g. `gguf`).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -40,7 +42,7 @@ def model_card(
     hub_ds = _hub_dataset_id(dataset_ref)
     data = ModelCardData(
         base_model=base_model,
-        library_name="peft" if kind == "adapter" else "transformers",
+        library_name=library_name or ("peft" if kind == "adapter" else "transformers"),
         datasets=[hub_ds] if hub_ds else None,
         pipeline_tag="text-generation",
         tags=[*(tags or []), "medr1", "medical", "reasoning", "distillation", "sft", "trl"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 
-from medr1_data import Medr1Error, __version__
+from medr1_data import __version__
+from medr1_data.cli import guarded
 
 EXIT_ERROR = 2
 
@@ -66,23 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     module = importlib.import_module(SUBCOMMANDS[args.command])
-    try:
-        return int(module.run(args) or 0)
-    except Medr1Error as e:
-        return _error(str(e))
-    except ImportError as e:
-        return _missing_extra(args.command, e)
-    except KeyboardInterrupt:
-        print("medr1-train: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if os.environ.get("MEDR1_DEBUG"):
-            raise
-        print(
-            f"medr1-train: internal error: {type(e).__name__}: {e} (set MEDR1_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+
+    def call() -> int:
+        try:
+            return int(module.run(args) or 0)
+        except ImportError as e:
+            return _missing_extra(args.command, e)
+
+    return guarded("medr1-train", call)
 
 
 if __name__ == "__main__":

@@ -439,9 +439,8 @@ def variant_card(
         usage=usage,
         extra_sections=sections,
         tags=["merged"] if folder == "merged" else (["gguf"] if folder == "gguf" else [folder, "torchao"]),
+        library_name="gguf" if folder == "gguf" else None,
     )
-    if folder == "gguf":  # the Hub lists GGUF repos under their own library
-        text = text.replace("library_name: transformers", "library_name: gguf", 1)
     return text
 
 
