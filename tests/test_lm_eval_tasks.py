@@ -155,6 +155,26 @@ def test_reading_strips_thinking_before_the_shared_extractor(completion: str, la
     assert copy.deepcopy(got) == got and copy.deepcopy(got).response == completion  # lm-eval deep-copies it
 
 
+class _WordTokenizer:
+    """One token per whitespace-separated word: enough to count a generation against its budget."""
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": list(range(len(text.split())))}
+
+
+def test_a_generation_cut_off_before_closing_its_thinking_gets_no_credit() -> None:
+    from medr1_data.lm_eval_tasks.utils import process_results
+
+    doc = {"options": [{"label": x, "text": t} for x, t in zip("AB", ["one", "two"], strict=True)], "answer_label": "A"}
+    tok = _WordTokenizer()
+    prefilled_cut = "Thinking under a pre-filled think tag: the answer is A maybe, but let me check"  # 16 words
+    assert process_results(doc, [prefilled_cut], max_gen_toks=16, tokenizer=tok) == {"acc": 0.0, "truncated": 1.0}
+    # The same text within budget is a committed answer; a cut-off one that closed its thinking keeps its answer.
+    assert process_results(doc, [prefilled_cut], max_gen_toks=64, tokenizer=tok) == {"acc": 1.0, "truncated": 0.0}
+    closed_cut = "</think> The answer is A. " + "and more " * 7
+    assert process_results(doc, [closed_cut], max_gen_toks=16, tokenizer=tok) == {"acc": 1.0, "truncated": 1.0}
+
+
 def test_cli_adds_include_path_and_passes_everything_else_through() -> None:
     ours = str(task_dir())
     argv = ["--model", "hf", "--tasks", "medr1", "--gen_kwargs", "max_gen_toks=2048", "--metadata", '{"a": 1}']

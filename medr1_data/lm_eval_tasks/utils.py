@@ -166,11 +166,16 @@ def hit_limit(response: str, max_gen_toks: int | None, tokenizer: Any | None, an
 def process_results(
     doc: dict, results: list[Any], max_gen_toks: int | None = None, tokenizer: Any | None = None
 ) -> dict[str, float]:
-    """`acc`: the committed label is the gold one; `truncated`: the generation hit `max_gen_toks`."""
+    """`acc`: the committed label is the gold one; `truncated`: the generation hit `max_gen_toks`.
+
+    A generation cut off before any `</think>` gets no credit: under a template that pre-fills `<think>` its text
+    is unfinished thinking, and a letter read from it is not a committed answer.
+    """
     reading = results[0] if isinstance(results[0], Reading) else read(results[0], doc["options"])
     answered = str(reading) != INVALID
     cut = hit_limit(reading.response, max_gen_toks, tokenizer, answered)
-    return {"acc": float(str(reading) == doc["answer_label"]), "truncated": float(cut)}
+    committed = not (cut and "</think>" not in reading.response)
+    return {"acc": float(committed and str(reading) == doc["answer_label"]), "truncated": float(cut)}
 
 
 class MedR1Task(ConfigurableTask):
