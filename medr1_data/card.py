@@ -62,8 +62,16 @@ def _nice_ceiling(x: float) -> int:
     return int(next(m * k for m in (1, 2, 2.5, 5, 10) if m * k >= x))
 
 
-def length_stats(table: pa.Table, bins: int = 20) -> dict[str, Any]:
-    """Length distributions of the release rows (characters and completion tokens) and a histogram of reasoning."""
+def length_stats(table: pa.Table, bins: int = 20, mask: pa.Array | None = None) -> dict[str, Any]:
+    """Length distributions of the release rows (characters and completion tokens) and a histogram of reasoning.
+
+    `mask` (one bool per row) picks the release rows. Lengths are computed on the text columns as they are and only
+    the lengths are filtered: no text is copied.
+    """
+
+    def rows(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+        return values if mask is None else values.filter(mask)
+
     stats: dict[str, Any] = {}
     columns = {
         "reasoning_chars": ("reasoning", pc.utf8_length),
@@ -74,11 +82,14 @@ def length_stats(table: pa.Table, bins: int = 20) -> dict[str, Any]:
     for key, (col, fn) in columns.items():
         if col in table.column_names:
             values = table.column(col)
-            dist = _distribution(fn(values) if fn else values)
+            dist = _distribution(rows(fn(values) if fn else values))
             if dist:
                 stats[key] = dist
+    if "reasoning" not in table.column_names:
+        return stats
+    reasoning = rows(pc.utf8_length(table.column("reasoning")))
     if "reasoning_chars" in stats:
-        lengths = pc.utf8_length(table.column("reasoning")).drop_null()
+        lengths = reasoning.drop_null()
         top = _nice_ceiling(pc.quantile(lengths, q=0.99, interpolation="higher").to_pylist()[0] or 1)
         width = max(1, -(-top // bins))
         index = pc.min_element_wise(pc.divide(lengths, width), bins)  # the last bin holds everything >= top
@@ -90,12 +101,16 @@ def length_stats(table: pa.Table, bins: int = 20) -> dict[str, Any]:
             "edges": [i * width for i in range(bins + 1)],
             "counts": [per_bin.get(i, 0) for i in range(bins + 1)],
         }
-    if "source" in table.column_names and "reasoning" in table.column_names:
+    if "source" in table.column_names:
+        sources = rows(table.column("source"))
         by_source = {}
-        for source in sorted(set(table.column("source").to_pylist())):
-            part = table.filter(pc.equal(table.column("source"), source))
-            dist = _distribution(pc.utf8_length(part.column("reasoning")))
-            by_source[source] = {"rows": part.num_rows, "reasoning_chars_p50": dist["p50"] if dist else None}
+        for source in sorted(pc.unique(sources).to_pylist()):
+            mine = pc.equal(sources, source)
+            dist = _distribution(reasoning.filter(mine))
+            by_source[source] = {
+                "rows": pc.sum(mine).as_py() or 0,
+                "reasoning_chars_p50": dist["p50"] if dist else None,
+            }
         stats["by_source"] = by_source
     return stats
 

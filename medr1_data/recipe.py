@@ -28,6 +28,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -41,7 +42,7 @@ from medr1_data.prompts import get_template
 from medr1_data.schema import REJECT_SCHEMA, TRACE_FIELDS, normalize
 from medr1_data.score import ScoreSettings, score
 from medr1_data.select import SelectSettings, drop_counts, select, unanswered_questions
-from medr1_data.shards import ShardSettings, write_manifest, write_shards
+from medr1_data.shards import ShardSettings, take_rows, write_manifest, write_shards
 from medr1_data.verify import verify
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -350,28 +351,48 @@ def stage_select(table: pa.Table, b: Build) -> pa.Table:
     return select(table, b.recipe.select)
 
 
+def _write_rows(table: pa.Table, rows: pa.Array, path: Path, group_rows: int = 16_384) -> None:
+    """The rows at `rows` of `table` as one Parquet file, taken `group_rows` at a time (one row group each)."""
+    schema = normalize(table.slice(0, 0)).schema
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, max(1, len(rows)), group_rows):
+            writer.write_table(normalize(take_rows(table, rows.slice(start, group_rows))))
+
+
 def stage_shards(table: pa.Table, b: Build) -> pa.Table:
     """Write kept rows as release shards plus manifest; dropped rows and unanswered questions to the build folder."""
-    df = pl.from_arrow(table)
     internal = ["drop_reason", "error", "dup_keep", "contam_benchmark", "contam_item_id", "contam_score", "contam_rule"]
-    kept = df.filter(pl.col("drop_reason").is_null()).drop([c for c in internal if c in df.columns])
-    dropped = df.filter(pl.col("drop_reason").is_not_null())
-    pq.write_table(normalize(dropped.to_arrow()), b.build_dir / "dropped.parquet")
+    # No copy of the table is made: kept and dropped rows are taken from it a shard or a row group at a time.
+    is_kept = pc.is_null(table.column("drop_reason")).combine_chunks()
+    _write_rows(table, pc.indices_nonzero(pc.invert(is_kept)), b.build_dir / "dropped.parquet")
     unanswered = unanswered_questions(table)
     pq.write_table(normalize(unanswered), b.build_dir / "unanswered.parquet")
-    kept_table = normalize(kept.to_arrow())
-    files = write_shards(kept_table, b.out, b.recipe.output)
-    manifest = write_manifest(b.out, files, kept_table.schema, b.recipe.raw, b.recipe.sha256, b.recipe.version)
+    release = table.drop_columns([c for c in internal if c in table.column_names])
+    schema = normalize(release.slice(0, 0)).schema
+    files = write_shards(release, b.out, b.recipe.output, rows=pc.indices_nonzero(is_kept))
+    manifest = write_manifest(b.out, files, schema, b.recipe.raw, b.recipe.sha256, b.recipe.version)
     from medr1_data.card import length_stats
 
+    df = pl.from_arrow(
+        pa.table(
+            {
+                "id": table.column("id"),
+                "source": table.column("source"),
+                "source_split": table.column("source_split"),
+                "drop_reason": table.column("drop_reason"),
+                "has_reasoning": pc.is_valid(table.column("reasoning")),
+            }
+        )
+    )
+    kept = df.filter(pl.col("drop_reason").is_null())
     b.stats.update(
         configs=manifest["configs"],
-        lengths=length_stats(kept_table),
-        rows=kept_table.num_rows,
+        lengths=length_stats(release, mask=is_kept),
+        rows=kept.height,
         bytes=sum(f["bytes"] for f in files),
-        arrow_bytes=kept_table.nbytes,
+        arrow_bytes=sum(f["arrow_bytes"] for f in files),
         files=files,
-        traces_total=df.filter(pl.col("drop_reason").is_null() | pl.col("reasoning").is_not_null()).height,
+        traces_total=df.filter(pl.col("drop_reason").is_null() | pl.col("has_reasoning")).height,
         questions_not_sent=df.filter(pl.col("drop_reason").is_in(PRE_TEACHER_DROPS)).height,
         questions_total=df["id"].n_unique(),
         questions_kept=kept["id"].n_unique(),
@@ -381,7 +402,7 @@ def stage_shards(table: pa.Table, b: Build) -> pa.Table:
             f"{src}/{split}": n
             for src, split, n in kept.group_by("source", "source_split").agg(pl.col("id").n_unique()).iter_rows()
         },
-        schema=kept_table.schema,
+        schema=schema,
     )
     return table
 

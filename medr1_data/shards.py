@@ -8,6 +8,7 @@ of a source (`medqa`, `medmcqa`, ...) lists exactly that source's shards. No row
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -52,10 +54,51 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def sort_order(table: pa.Table, rows: pa.Array | None = None) -> pa.Array:
+    """Positions of the rows of `table` (all, or those at `rows`) in release order: by `id`, then `sample_idx`.
+
+    Only the key columns are sorted; the order is that of a stable `Table.sort_by` on the same rows.
+    """
+    keys = ["id"] + (["sample_idx"] if "sample_idx" in table.column_names else [])
+    key_table = table.select(keys)
+    if rows is not None:
+        key_table = key_table.take(rows)
+    order = pc.sort_indices(key_table, sort_keys=[(k, "ascending") for k in keys])
+    return order if rows is None else pc.take(rows, order)
+
+
+def take_rows(table: pa.Table, rows: pa.Array | np.ndarray) -> pa.Table:
+    """The rows at positions `rows`, in that order, as one chunk per column.
+
+    Unlike `Table.take`, no column is concatenated whole (a string column over 2 GiB would overflow its offsets, and
+    the copy costs the column's size): each input chunk gives the rows it holds, then only the pieces are joined.
+    Joined with `pa.concat_arrays`, every column has a validity bitmap exactly when it has nulls, so the result (its
+    `nbytes` and the Parquet bytes written from it) does not depend on how the input was chunked.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    batches = table.to_batches()  # zero-copy, cut where any column's chunks end
+    starts = np.cumsum([0] + [batch.num_rows for batch in batches])
+    chunk = np.searchsorted(starts, rows, side="right") - 1
+    perm = np.argsort(chunk, kind="stable")  # rows grouped by chunk, in the wanted order within each chunk
+    grouped = chunk[perm]
+    local = rows[perm] - starts[grouped]
+    cuts = [0, *(np.flatnonzero(np.diff(grouped)) + 1).tolist(), len(rows)]
+    segments = [(int(grouped[a]), pa.array(local[a:b])) for a, b in itertools.pairwise(cuts) if b > a]
+    inverse = None if np.all(perm == np.arange(len(rows))) else pa.array(np.argsort(perm))
+    columns = []
+    for i, field in enumerate(table.schema):
+        pieces = [batches[c].column(i).take(local_rows) for c, local_rows in segments]
+        column = pa.concat_arrays(pieces) if pieces else pa.array([], type=field.type)
+        del pieces
+        if inverse is not None:  # `take` may add an all-valid bitmap; concatenating again drops it
+            column = pa.concat_arrays([column.take(inverse)])
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=table.schema)
+
+
 def sort_rows(table: pa.Table) -> pa.Table:
     """The deterministic release order: by `id`, then `sample_idx` (which also groups rows by source)."""
-    keys = [("id", "ascending")] + ([("sample_idx", "ascending")] if "sample_idx" in table.column_names else [])
-    return table.sort_by(keys)
+    return take_rows(table, sort_order(table))
 
 
 def source_runs(table: pa.Table) -> list[tuple[str, int, int]]:
@@ -71,12 +114,36 @@ def source_runs(table: pa.Table) -> list[tuple[str, int, int]]:
     return [(name, start, end - start) for name, start, end in zip(names, starts, ends, strict=True)]
 
 
-def _shard_plan(table: pa.Table, shard_bytes: int) -> list[tuple[str, pa.Table]]:
-    """Slices of at most about `shard_bytes` Arrow bytes, never mixing two sources."""
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+
+
+def _is_text(type_: pa.DataType) -> bool:
+    return any(check(type_) for check in _TEXT_TYPES)
+
+
+def arrow_bytes(table: pa.Table, rows: pa.Array, schema: pa.Schema) -> int:
+    """Arrow bytes of the rows at `rows` once taken and cast to `schema`, without copying the text columns."""
+    n = len(rows)
+    total = 0
+    for field in schema:
+        column = table.column(field.name)
+        if _is_text(field.type) and _is_text(column.type):
+            lengths = pc.take(pc.binary_length(column), rows)
+            offset_width = 8 if pa.types.is_large_string(field.type) or pa.types.is_large_binary(field.type) else 4
+            validity = -(-n // 8) if lengths.null_count else 0
+            total += validity + (n + 1) * offset_width + (pc.sum(lengths).as_py() or 0)
+        else:
+            total += pc.take(column, rows).cast(field.type).nbytes
+    return total
+
+
+def _shard_plan(table: pa.Table, order: pa.Array, schema: pa.Schema, shard_bytes: int) -> list[tuple[str, pa.Array]]:
+    """Row positions (in release order) of shards of at most about `shard_bytes` Arrow bytes, one source each."""
     plan = []
-    for source, offset, length in source_runs(table):
-        part = table.slice(offset, length)
-        n = max(1, math.ceil(part.nbytes / shard_bytes))
+    sources = pa.table({"source": pc.take(table.column("source"), order)})
+    for source, offset, length in source_runs(sources):
+        part = order.slice(offset, length)
+        n = max(1, math.ceil(arrow_bytes(table, part, schema) / shard_bytes))
         per = math.ceil(length / n)
         plan += [(source, part.slice(i * per, per)) for i in range(n) if i * per < length]
     return plan
@@ -103,20 +170,28 @@ def write_parquet(table: pa.Table, path: Path, settings: ShardSettings) -> None:
     )
 
 
-def write_shards(table: pa.Table, out: Path, settings: ShardSettings) -> list[dict[str, Any]]:
-    """Write `data/{split}-{i:05d}-of-{n:05d}.parquet` (one source per shard); return one manifest entry per file."""
+def write_shards(
+    table: pa.Table, out: Path, settings: ShardSettings, rows: pa.Array | None = None
+) -> list[dict[str, Any]]:
+    """Write `data/{split}-{i:05d}-of-{n:05d}.parquet` (one source per shard); return one manifest entry per file.
+
+    `rows` (positions in `table`) releases only those rows. Rows are sorted on the key columns and each shard's rows
+    are taken on their own, so memory grows with the shard, not the table, and no text column is ever concatenated.
+    """
     out = Path(out)
-    table = normalize(sort_rows(table))
+    schema = normalize(table.slice(0, 0)).schema
+    order = sort_order(table, rows)
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     for old in data.glob(f"{settings.split}-*-of-*.parquet"):
         old.unlink()
-    plan = _shard_plan(table, settings.shard_bytes) or [(None, table)]
+    plan = _shard_plan(table, order, schema, settings.shard_bytes) or [(None, order)]
     n = len(plan)
     paths = [data / f"{settings.split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
 
     def write(i: int) -> dict[str, Any]:
-        source, part = plan[i]
+        source, part_rows = plan[i]
+        part = normalize(take_rows(table, part_rows))
         write_parquet(part, paths[i], settings)
         return {
             "path": paths[i].relative_to(out).as_posix(),

@@ -142,6 +142,22 @@ def test_length_stats_on_known_values() -> None:
     assert "completion_tokens" not in stats
 
 
+def test_length_stats_of_masked_rows_equal_those_of_the_filtered_table() -> None:
+    table = pa.table(
+        {
+            "source": ["a", "b", "c"] * 20,
+            "reasoning": [None if i % 7 == 0 else "y" * (37 * i % 500) for i in range(60)],
+            "question": ["q" * i for i in range(60)],
+            "completion_tokens": pa.array(range(60), pa.int64()),
+        }
+    )
+    table = pa.Table.from_batches(table.to_batches(max_chunksize=11))
+    mask = pa.array([i % 3 != 2 and i % 5 != 0 for i in range(60)])  # source "c" has no row left
+    stats = length_stats(table, mask=mask)
+    assert stats == length_stats(table.filter(mask))
+    assert set(stats["by_source"]) == {"a", "b"} and sum(s["rows"] for s in stats["by_source"].values()) == 32
+
+
 def test_build_report_table_is_rendered_when_present_and_skipped_when_absent(demo, tmp_path: Path) -> None:
     schema = pq.read_schema(next((demo.out / "data").glob("*.parquet")))
     stats = {**demo.stats, **_card_inputs(demo)}

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,6 +20,8 @@ from medr1_data.shards import (
     read_release,
     row_group_rows,
     sha256_file,
+    sort_rows,
+    take_rows,
     write_manifest,
     write_shards,
 )
@@ -82,6 +85,43 @@ def test_writes_are_deterministic(tmp_path: Path) -> None:
         table.slice(0).sort_by([("reasoning", "descending")]), tmp_path / "b", ShardSettings(shard_bytes=50_000)
     )
     assert [(f["path"], f["sha256"]) for f in a] == [(f["path"], f["sha256"]) for f in b]
+
+
+def rechunked(table: pa.Table, rows_per_chunk: int) -> pa.Table:
+    """The same rows in chunks of `rows_per_chunk` (as a table read back from a checkpoint may be)."""
+    return pa.Table.from_batches(table.to_batches(max_chunksize=rows_per_chunk), schema=table.schema)
+
+
+def with_nulls(table: pa.Table) -> pa.Table:
+    """`table` plus a text column null in every third row and a struct whose list of flags is null in every fifth."""
+    notes = [None if i % 3 == 0 else f"note {i}" for i in range(table.num_rows)]
+    quality = [{"score": i / 7, "flags": None if i % 5 == 0 else ["short"] * (i % 3)} for i in range(table.num_rows)]
+    return table.append_column("note", pa.array(notes, pa.string())).append_column("quality", pa.array(quality))
+
+
+def test_take_rows_is_take_in_one_chunk_whatever_the_input_chunks() -> None:
+    table = with_nulls(rows_table({"medqa": 20, "medmcqa": 30}, text_chars=50))
+    rows = pa.array([57, 3, 3, 99, 0, 41, 12, 98, 64, 5], pa.uint64())
+    expected = table.take(rows)
+    results = [take_rows(t, rows) for t in (table, rechunked(table, 7), rechunked(table, 1))]
+    for got in results:
+        assert got.equals(expected)
+        assert all(column.num_chunks == 1 for column in got.columns)
+        assert got.nbytes == results[0].nbytes
+    assert take_rows(table, pa.array([], pa.uint64())).num_rows == 0
+    assert sort_rows(rechunked(table, 9)).equals(table.sort_by([("id", "ascending"), ("sample_idx", "ascending")]))
+
+
+def test_shards_of_chosen_rows_do_not_depend_on_chunking(tmp_path: Path) -> None:
+    table = with_nulls(rows_table({"medqa": 40, "medmcqa": 60}))
+    keep = pa.array([i % 4 != 1 for i in range(table.num_rows)])
+    settings = ShardSettings(shard_bytes=60_000, row_group_bytes=30_000)
+    expected = write_shards(table.filter(keep), tmp_path / "filtered", settings)
+    rows = pc.indices_nonzero(keep)
+    for name, t in (("whole", table), ("chunks-7", rechunked(table, 7)), ("chunks-1", rechunked(table, 1))):
+        got = write_shards(t, tmp_path / name, settings, rows=rows)
+        assert got == expected, name
+    assert len(expected) > 2
 
 
 def test_manifest_configs_and_reading_each_config(written) -> None:
