@@ -407,9 +407,9 @@ def stage_shards(table: pa.Table, b: Build) -> pa.Table:
     return table
 
 
-def stage_card(table: pa.Table, b: Build) -> pa.Table:
-    """Render the dataset card from the build's numbers."""
-    from medr1_data.card import render_card, template_version
+def card_inputs(b: Build) -> dict[str, Any]:
+    """Everything the card renders: the build's numbers (`b.stats`) plus what the recipe says about the release."""
+    from medr1_data.card import template_version
     from medr1_data.shards import schema_doc
 
     r, s = b.recipe, b.stats
@@ -422,31 +422,34 @@ def stage_card(table: pa.Table, b: Build) -> pa.Table:
         selection = "the one with the shortest reasoning (ties: lower sample index)"
     for src in s["sources"]:
         src["kept"] = s["kept_by_source"].get(f"{src['name']}/{src['split']}", 0)
-    render_card(
-        b.out,
-        s["schema"],
-        {
-            **s,
-            "split": r.output.split,
-            "pretty_name": r.card.pretty_name,
-            "repo_id": r.card.repo_id,
-            "license": r.card.license,
-            "summary": r.card.summary,
-            "demo_notice": r.card.demo_notice,
-            "version": r.version,
-            "recipe_name": r.name,
-            "recipe_sha256": r.sha256,
-            "library_version": __version__,
-            "teacher": r.teacher.public(),
-            "template_version": template_version(r.teacher.template),
-            "system_prompt": get_template(r.teacher.template).system,
-            "user_template": get_template(r.teacher.template).user,
-            "selection": selection,
-            "min_quality": keep.min_quality,
-            "columns": schema_doc(s["schema"]),
-            "changelog": r.card.changelog or [f"v{r.version}: first release."],
-        },
-    )
+    return {
+        **s,
+        "split": r.output.split,
+        "pretty_name": r.card.pretty_name,
+        "repo_id": r.card.repo_id,
+        "license": r.card.license,
+        "summary": r.card.summary,
+        "demo_notice": r.card.demo_notice,
+        "version": r.version,
+        "recipe_name": r.name,
+        "recipe_sha256": r.sha256,
+        "library_version": __version__,
+        "teacher": r.teacher.public(),
+        "template_version": template_version(r.teacher.template),
+        "system_prompt": get_template(r.teacher.template).system,
+        "user_template": get_template(r.teacher.template).user,
+        "selection": selection,
+        "min_quality": keep.min_quality,
+        "columns": schema_doc(s["schema"]),
+        "changelog": r.card.changelog or [f"v{r.version}: first release."],
+    }
+
+
+def stage_card(table: pa.Table, b: Build) -> pa.Table:
+    """Render the dataset card from the build's numbers."""
+    from medr1_data.card import render_card
+
+    render_card(b.out, b.stats["schema"], card_inputs(b))
     return table
 
 

@@ -20,7 +20,7 @@ from medr1_data.card import (
     replace_changelog,
     template_version,
 )
-from medr1_data.recipe import load_recipe, run
+from medr1_data.recipe import card_inputs, load_recipe, run
 from medr1_data.schema import COLUMN_DOCS
 from medr1_data.select import drop_counts
 from medr1_data.shards import MANIFEST, read_release
@@ -160,7 +160,7 @@ def test_length_stats_of_masked_rows_equal_those_of_the_filtered_table() -> None
 
 def test_build_report_table_is_rendered_when_present_and_skipped_when_absent(demo, tmp_path: Path) -> None:
     schema = pq.read_schema(next((demo.out / "data").glob("*.parquet")))
-    stats = {**demo.stats, **_card_inputs(demo)}
+    stats = card_inputs(demo)
     stats["build_report"] = [
         {"stage": "ingest", "rows_in": None, "rows_out": 28, "dropped": {"no_options": 1}, "seconds": 0.5},
         {"stage": "select", "rows_in": 55, "rows_out": 55, "dropped": {"wrong_answer": 5, "truncated": 2}},
@@ -170,31 +170,6 @@ def test_build_report_table_is_rendered_when_present_and_skipped_when_absent(dem
     assert "| select | 55 | 55 | `wrong_answer` 5, `truncated` 2 |" in text
     del stats["build_report"]
     assert "## Build" not in render_card(tmp_path, schema, stats).read_text()
-
-
-def _card_inputs(demo) -> dict:
-    """What stage_card adds to the stats, read back from the rendered demo card's inputs."""
-    r = demo.recipe
-    return {
-        "split": "train",
-        "pretty_name": r.card.pretty_name,
-        "repo_id": r.card.repo_id,
-        "license": r.card.license,
-        "summary": r.card.summary,
-        "demo_notice": r.card.demo_notice,
-        "version": r.version,
-        "recipe_name": r.name,
-        "recipe_sha256": r.sha256,
-        "library_version": "test",
-        "teacher": r.teacher.public(),
-        "template_version": "v1",
-        "system_prompt": "s",
-        "user_template": "u",
-        "selection": "the best",
-        "min_quality": 0.5,
-        "columns": [],
-        "changelog": ["v0.1.0: first release."],
-    }
 
 
 def test_changelog_section_round_trip(card) -> None:
