@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medr1_data import __version__
+from medr1_data.shards import sha256_file
 
 FOLDER = "checkpoints"
 # Checkpoints are read back by this machine only: zstd level 1 writes ~3x faster than the release shards' level.
@@ -100,15 +101,6 @@ def decode_stats(stored: dict[str, str]) -> dict[str, Any]:
     return {k: _decode(json.loads(v)) for k, v in stored.items()}
 
 
-def sha256_path(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _same(a: pa.ChunkedArray, b: pa.ChunkedArray) -> bool:
     """Whether two columns are the same memory (a stage passed the column on untouched)."""
     if a.type != b.type or a.num_chunks != b.num_chunks:
@@ -151,7 +143,7 @@ class Checkpoints:
         if meta.get("key") != key or not self._intact(meta):
             return None
         for name, digest in meta.get("outputs", {}).items():
-            if not Path(name).is_file() or sha256_path(Path(name)) != digest:
+            if not Path(name).is_file() or sha256_file(Path(name)) != digest:
                 return None
         return meta
 

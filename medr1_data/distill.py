@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import hashlib
 import json
 import json.encoder
@@ -954,8 +955,13 @@ def _first_error(table: pa.Table) -> str:
 
 # ------------------------------------------------------------------------------------------------ columnar reading
 
-# The characters `str.strip()` removes (Python's str.isspace), so that the columnar path strips exactly like it.
-_PY_WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+
+@functools.cache
+def _py_whitespace() -> list[str]:
+    """The characters `str.strip()` removes (Python's str.isspace), so that the columnar path strips exactly like it."""
+    return [chr(c) for c in range(0x110000) if chr(c).isspace()]
+
+
 _CACHE_COLUMNS = pa.schema(
     [
         ("key", pa.string()),
@@ -1113,18 +1119,18 @@ def _split_columns(cache: pa.Table, take: Any, present: Any) -> tuple[pa.Chunked
             strict=True,
         )
     )
-    space = list(_PY_WHITESPACE)
+    space = _py_whitespace()
     out: list[list[pa.Array]] = [[], []]
     for start in range(0, max(len(take), 1), _SPLIT_BATCH_ROWS):
         rows = take.slice(start, _SPLIT_BATCH_ROWS)
         keep = own.slice(start, _SPLIT_BATCH_ROWS)
+        here = [i - start for i in parsed if start <= i < start + _SPLIT_BATCH_ROWS]
         for k, text in enumerate(texts):
             col = pl.select(pl.when(keep).then(text.gather(rows)))[:, 0]
             # only values that start or end with whitespace are stripped, in Python: exactly `str.strip`
             edge = (col.str.head(1).is_in(space) | col.str.tail(1).is_in(space)).fill_null(False).arg_true()
             if len(edge):
                 col = col.scatter(edge, [v.strip() for v in col.gather(edge).to_list()])
-            here = [i - start for i in parsed if start <= i < start + _SPLIT_BATCH_ROWS]
             if here:
                 col = col.scatter(here, [parsed[start + i][k] for i in here])
             out[k].append(col.to_arrow(compat_level=pl.CompatLevel.newest()).cast(pa.string()))

@@ -35,14 +35,14 @@ import yaml
 from medr1_data import Medr1Error, __version__
 from medr1_data import sources as source_registry
 from medr1_data.benchmarks import DEFAULT_BENCHMARKS
-from medr1_data.checkpoints import Checkpoints, decode_stats, encode_stats, fingerprint, sha256_path, stage_key
+from medr1_data.checkpoints import Checkpoints, decode_stats, encode_stats, fingerprint, stage_key
 from medr1_data.distill import TeacherSettings, distill
 from medr1_data.progress import BuildProgress, PeakRSS
 from medr1_data.prompts import get_template
 from medr1_data.schema import REJECT_SCHEMA, TRACE_FIELDS, normalize
 from medr1_data.score import ScoreSettings, score
 from medr1_data.select import SelectSettings, drop_counts, select, unanswered_questions
-from medr1_data.shards import ShardSettings, take_rows, write_manifest, write_shards
+from medr1_data.shards import ShardSettings, sha256_file, take_rows, write_manifest, write_shards
 from medr1_data.verify import verify
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -571,7 +571,9 @@ def _run_stage(name: str, table: pa.Table | None, b: Build) -> tuple[pa.Table, d
     if name == "distill" and "completion_tokens" in out.column_names:
         entry["completion_tokens"] = int(pa.compute.sum(out.column("completion_tokens")).as_py() or 0)
         entry["cost_usd"] = round(float(pa.compute.sum(out.column("cost_usd")).as_py() or 0.0), 4)
-    outputs = {str(p): sha256_path(p) for p, sig in _files(b.out, b.build_dir).items() if files_before.get(p) != sig}
+    known = {str(b.out / f["path"]): f["sha256"] for f in b.stats.get("files", [])}  # hashed by write_shards
+    changed = [p for p, sig in _files(b.out, b.build_dir).items() if files_before.get(p) != sig]
+    outputs = {str(p): known.get(str(p)) or sha256_file(p) for p in changed}
     return out, entry, {"stats": added, "outputs": outputs}
 
 

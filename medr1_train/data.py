@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medr1_data.prompts import get_template
+from medr1_data.shards import MANIFEST, read_manifest, read_release
 from medr1_train.config import ConfigError, DataConfig
 
 IGNORE_INDEX = -100
@@ -36,6 +36,18 @@ def _stable_key(seed: int, *parts: object) -> str:
 def load_release(cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
     """The release as one Arrow table, from a local folder (its Parquet files) or a Hub id at `cfg.revision`."""
     path = Path(cfg.dataset).expanduser()
+    if path.is_dir() and (path / MANIFEST).is_file():
+        table = read_release(path, cfg.split)  # checks every shard's size and sha256 against the manifest
+        m = read_manifest(path)
+        recipe = m.get("recipe") or {}
+        return table, {
+            "dataset": str(path.resolve()),
+            "revision": f"{recipe.get('name')}@{recipe.get('version')} (recipe sha256 {m.get('recipe_sha256')})",
+            "files": [Path(f["path"]).name for f in m.get("files", []) if f.get("split", cfg.split) == cfg.split],
+            "recipe_name": recipe.get("name"),
+            "recipe_version": recipe.get("version"),
+            "recipe_sha256": m.get("recipe_sha256"),
+        }
     if path.exists():
         files = sorted((path / "data").glob(f"{cfg.split}-*.parquet")) if path.is_dir() else [path]
         if path.is_dir() and not files:
@@ -43,18 +55,7 @@ def load_release(cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
         if not files:
             raise ConfigError(f"{path}: no Parquet files (expected data/{cfg.split}-*.parquet, as medr1-data builds)")
         table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
-        ref: dict[str, Any] = {"dataset": str(path.resolve()), "revision": None, "files": [f.name for f in files]}
-        manifest = path / "manifest.json" if path.is_dir() else None
-        if manifest and manifest.is_file():
-            m = json.loads(manifest.read_text(encoding="utf-8"))
-            recipe = m.get("recipe") or {}
-            ref.update(
-                recipe_name=recipe.get("name"),
-                recipe_version=recipe.get("version"),
-                recipe_sha256=m.get("recipe_sha256"),
-            )
-            ref["revision"] = f"{recipe.get('name')}@{recipe.get('version')} (recipe sha256 {m.get('recipe_sha256')})"
-        return table, ref
+        return table, {"dataset": str(path.resolve()), "revision": None, "files": [f.name for f in files]}
     if cfg.dataset.startswith(("/", "./", "../", "~")) or cfg.dataset.count("/") > 1:
         raise ConfigError(f"data.dataset '{cfg.dataset}': no such file or folder")
     import datasets
@@ -119,11 +120,11 @@ def select_rows(table: pa.Table, cfg: DataConfig, seed: int) -> tuple[pa.Table, 
     counts["eval_questions"] = n_eval
 
     sample_idx = table["sample_idx"].to_pylist() if "sample_idx" in table.column_names else [0] * table.num_rows
-    order = sorted(range(table.num_rows), key=lambda i: _stable_key(seed, "row", table["id"][i].as_py(), sample_idx[i]))
+    ids_col = table["id"].to_pylist()
+    order = sorted(range(table.num_rows), key=lambda i: _stable_key(seed, "row", ids_col[i], sample_idx[i]))
     per_question: dict[str, int] = {}
     per_source: dict[str, int] = {}
     sources = table["source"].to_pylist() if "source" in table.column_names else [None] * table.num_rows
-    ids_col = table["id"].to_pylist()
     chosen: list[int] = []
     capped_q = capped_s = 0
     for i in order:

@@ -32,7 +32,7 @@ def _mkdir(path: Path) -> Path:
 
 
 def _ids(table) -> list[str]:
-    return sorted(set(table["id"].to_pylist()))
+    return sorted({i.rsplit("/", 1)[-1] for i in table["id"].to_pylist()})  # the fixture's own ids
 
 
 def test_filters_use_the_release_columns(tmp_path: Path) -> None:
@@ -151,12 +151,20 @@ def test_over_length_rows_are_dropped_and_counted_never_cut(demo_release: Path, 
 
 
 def test_data_errors_are_one_line(tmp_path: Path, tokenizer) -> None:
-    rel = write_release(tmp_path / "rel", [{"id": "q1", "question": "x"}])
     import pyarrow.parquet as pq
 
-    f = rel / "data" / "train-00000-of-00001.parquet"
-    pq.write_table(pq.read_table(f).drop_columns(["is_correct"]), f)
+    from medr1_data import Medr1Error
+    from medr1_data.shards import ShardSettings, read_release, write_manifest, write_shards
+
+    rel = write_release(tmp_path / "rel", [{"id": "q1", "question": "x"}])
+    no_verdict = read_release(rel).drop_columns(["is_correct"])
+    files = write_shards(no_verdict, tmp_path / "nv", ShardSettings())
+    write_manifest(tmp_path / "nv", files, no_verdict.schema, {"name": "t", "version": "1"}, "ab")
     with pytest.raises(ConfigError, match=r"release has no column .is_correct. \(needed for data\.require_correct"):
+        prepare(DataConfig(dataset=str(tmp_path / "nv")), tokenizer)
+    f = next((rel / "data").glob("*.parquet"))
+    pq.write_table(pq.read_table(f).drop_columns(["is_correct"]), f)  # changed after the build: not trusted
+    with pytest.raises(Medr1Error, match="checksum does not match the manifest"):
         prepare(DataConfig(dataset=str(rel)), tokenizer)
     with pytest.raises(ConfigError, match="no such file or folder"):
         prepare(DataConfig(dataset=str(tmp_path / "missing")), tokenizer)

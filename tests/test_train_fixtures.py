@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from medr1_data.schema import OPTION
+from medr1_data.shards import ShardSettings, write_manifest, write_shards
 
 
 def build_demo_release(folder: Path) -> Path:
@@ -23,7 +22,7 @@ def build_demo_release(folder: Path) -> Path:
 
 
 def write_release(folder: Path, rows: list[dict[str, Any]]) -> Path:
-    """A release folder (`data/train-00000-of-00001.parquet`) of `rows`, with the release's column types."""
+    """A release folder (shards and manifest, as `medr1-data build` writes them) of `rows`, with the release's types."""
     defaults = {
         "source": "medqa",
         "context": None,
@@ -37,6 +36,8 @@ def write_release(folder: Path, rows: list[dict[str, Any]]) -> Path:
         "options": [{"label": "A", "text": "yes"}, {"label": "B", "text": "no"}],
     }
     full = [{**defaults, **r} for r in rows]
+    for r in full:  # a release id starts with its source's name (`<source>/<split>/<source_id>`)
+        r["id"] = f"{r['source']}/train/{r['id']}"
     schema = pa.schema(
         [
             ("id", pa.string()),
@@ -54,9 +55,8 @@ def write_release(folder: Path, rows: list[dict[str, Any]]) -> Path:
         ]
     )
     table = pa.Table.from_pylist(full, schema=schema)
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, folder / "data" / "train-00000-of-00001.parquet")
-    (folder / "manifest.json").write_text(json.dumps({"recipe": {"name": "t", "version": "1"}, "recipe_sha256": "ab"}))
+    files = write_shards(table, folder, ShardSettings())
+    write_manifest(folder, files, table.schema, {"name": "t", "version": "1"}, "ab")
     return folder
 
 

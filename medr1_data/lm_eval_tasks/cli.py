@@ -36,18 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         print("medr1-eval: error: lm-eval is not installed (pip install 'medr1[eval]')", file=sys.stderr)
         return 2
-    from medr1_data import Medr1Error
+    from medr1_data.cli import guarded
 
     args = with_include_path(sys.argv[1:] if argv is None else argv)
     if str(task_dir()) not in args:
         _also_search_medr1()  # the user's own --include_path stays; lm_eval takes only one, so add ours beside it
     sys.argv = [sys.argv[0] if sys.argv else "medr1-eval", *args]
-    try:
-        cli_evaluate()
-    except Medr1Error as e:
-        print(f"medr1-eval: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded("medr1-eval", lambda: cli_evaluate() or 0)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import datasets
 from lm_eval.api.filter import Filter
 from lm_eval.api.task import ConfigurableTask
 
-from medr1_data.answers import extract
+from medr1_data.answers import after_thinking, extract
 from medr1_data.benchmarks import load_benchmark
 from medr1_data.prompts import get_template
 
@@ -103,9 +103,7 @@ def doc_to_target_mc(doc: dict) -> int:
 
 def strip_thinking(text: str) -> str:
     """The text after the last `</think>`; empty when a `<think>` was opened and never closed (no answer yet)."""
-    if "</think>" in text:
-        return text.rsplit("</think>", 1)[-1]
-    return "" if "<think>" in text else text
+    return "" if "<think>" in text and "</think>" not in text else after_thinking(text)
 
 
 class Reading(str):
