@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medr1_data import __version__
+from medr1_data import __version__, canonical_sha256
 from medr1_data.shards import sha256_file
 
 FOLDER = "checkpoints"
@@ -51,8 +51,7 @@ def stage_key(previous: str | None, stage: str, settings: Any) -> str:
         "library_version": __version__,
         "library_code": code_sha256(),
     }
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return canonical_sha256(payload)
 
 
 def fingerprint(path: Path) -> list[list[Any]]:

@@ -244,7 +244,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     import json
 
-    from medr1_data.diff import changelog_entry, diff_releases, resolve_release, write_changelog
+    from medr1_data.diff import changelog_entry, diff_releases, write_changelog
 
     d = diff_releases(args.old, args.new)
     print(f"OLD {d['old']['ref']} (v{d['old']['version']}, {d['old']['rows']} rows)")
@@ -262,7 +262,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.changelog:
         if not Path(args.new).is_dir():
             raise Medr1Error(f"--changelog: NEW must be a release folder, not {args.new}")
-        write_changelog(Path(args.new), d, resolve_release(args.old))
+        write_changelog(Path(args.new), d, Path(d["old"]["folder"]))
         print(f"\nchangelog of {Path(args.new) / 'README.md'}: {changelog_entry(d)}")
     return 0
 

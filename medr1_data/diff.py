@@ -89,8 +89,8 @@ def diff_releases(old_ref: str, new_ref: str, cache_dir: Path | None = None) -> 
         return [f"{r['id']}#{r.get('sample_idx', 0)}" for r in df.head(EXAMPLES).to_dicts()]
 
     return {
-        "old": {"ref": old_ref, "version": old_manifest.get("version"), "rows": old.height},
-        "new": {"ref": new_ref, "version": new_manifest.get("version"), "rows": new.height},
+        "old": {"ref": old_ref, "folder": str(old_dir), "version": old_manifest.get("version"), "rows": old.height},
+        "new": {"ref": new_ref, "folder": str(new_dir), "version": new_manifest.get("version"), "rows": new.height},
         "key": key[1:],
         "rows": {k: sum(v.values()) for k, v in parts.items()},
         "questions": {
@@ -154,7 +154,7 @@ def write_changelog(new_folder: Path, diff: dict[str, Any], old_folder: Path | N
     except ValueError:
         raise Medr1Error(f"{card_path}: the card has no changelog section markers (built by an older medr1?)") from None
     manifest_path = Path(new_folder) / MANIFEST
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = read_manifest(Path(new_folder))
     manifest["previous"] = {"version": old_v, "ref": diff["old"]["ref"]}
     manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return lines

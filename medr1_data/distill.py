@@ -41,7 +41,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from medr1_data import Medr1Error
+from medr1_data import Medr1Error, canonical_sha256
 from medr1_data.prices import Price, cost_usd, price_for
 from medr1_data.progress import duration, human
 from medr1_data.prompts import get_template
@@ -144,8 +144,7 @@ def request_key(model: str, template: str, messages: list[dict], sampling: dict[
         "sampling": sampling,
         "sample_idx": sample_idx,
     }
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return canonical_sha256(payload)
 
 
 def split_reasoning(message: dict[str, Any]) -> tuple[str | None, str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from medr1_data import Medr1Error, __version__
+from medr1_data import Medr1Error, __version__, canonical_sha256
 from medr1_data import sources as source_registry
 from medr1_data.benchmarks import DEFAULT_BENCHMARKS
 from medr1_data.checkpoints import Checkpoints, decode_stats, encode_stats, fingerprint, stage_key
@@ -119,8 +118,7 @@ class Recipe:
     @property
     def sha256(self) -> str:
         """SHA-256 of the recipe as read (overrides applied), canonical JSON."""
-        blob = json.dumps(self.raw, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        return canonical_sha256(self.raw)
 
     def resolve(self, path: str) -> Path:
         """A path from the recipe, relative to the recipe file's folder unless absolute."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from medr1_data import Medr1Error
+from medr1_data import Medr1Error, canonical_sha256
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_ASSISTANT_FORMAT = "<think>{reasoning}</think>\n<answer>{answer_label}</answer>"
@@ -114,8 +112,7 @@ class SFTRecipe:
     @property
     def sha256(self) -> str:
         """SHA-256 of the recipe as read (overrides applied), canonical JSON."""
-        blob = json.dumps(self.raw, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        return canonical_sha256(self.raw)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe (every default filled in), for logs and the model card."""
