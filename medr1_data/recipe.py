@@ -552,7 +552,7 @@ def _run_stage(name: str, table: pa.Table | None, b: Build) -> tuple[pa.Table, d
         dropped = dict(b.stats.get("reject_reasons", {}))
     elif name == "shards" and "rows" in b.stats:
         rows_out = b.stats["rows"]
-        flagged = sum(_drop_counts(table).values())
+        flagged = sum(drops_before.values())  # the shards stage adds no drop reason of its own
         dropped = {"flagged by an earlier stage": flagged} if flagged else {}
     else:
         after = _drop_counts(out)
