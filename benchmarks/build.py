@@ -305,8 +305,9 @@ def write_cache(recipe_path: Path, seed: int = 0) -> int:
     """One recorded response per question, keyed as the distill stage looks them up; returns the count."""
     import orjson
 
-    from medr1_data.distill import ResponseCache, cache_record, requests_for
-    from medr1_data.recipe import Build, load_recipe, stage_ingest
+    from medr1_data.recipe import load_recipe
+    from medr1_data.stages import Build, stage_ingest
+    from medr1_data.teacher import ResponseCache, cache_record, plan_requests
 
     rng = random.Random(seed + 1)
     recipe = load_recipe(str(recipe_path))
@@ -319,7 +320,7 @@ def write_cache(recipe_path: Path, seed: int = 0) -> int:
     cache.folder.mkdir(parents=True, exist_ok=True)
     n = 0
     with cache.path.open("wb") as f:
-        for i, s, key in requests_for(questions, recipe.teacher):
+        for i, s, key in plan_requests(questions, recipe.teacher).requests:
             letters = [o["label"] for o in options[i]]
             gold = labels[i]
             r = rng.random()

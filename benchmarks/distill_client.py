@@ -28,8 +28,8 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medr1_data.distill import TeacherSettings, plan_requests, run_distill  # noqa: E402
 from medr1_data.schema import QUESTION_SCHEMA  # noqa: E402
+from medr1_data.teacher import TeacherSettings, plan_requests, run_distill  # noqa: E402
 
 
 def questions(n: int) -> pa.Table:

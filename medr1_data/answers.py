@@ -205,11 +205,6 @@ def extract(response: str | None, options: Sequence[Any], reasoning: str | None 
     return Extraction(None, "none", "response" if text else "empty")
 
 
-def extract_label(response: str | None, options: Sequence[Any], reasoning: str | None = None) -> str | None:
-    """Shortcut for `extract(...).label`."""
-    return extract(response, options, reasoning).label
-
-
 def _by_option_text(text: str, pairs: list[tuple[str, str]]) -> str | None:
     """An option's text given alone as the last line (or the whole response)."""
     last = _norm(text.splitlines()[-1])

@@ -199,7 +199,3 @@ class Checkpoints:
         columns = [own[n] if n in own.column_names else base[n] for n in entry["columns"]]
         fields = [own.schema.field(n) if n in own.column_names else base.schema.field(n) for n in entry["columns"]]
         return pa.Table.from_arrays(columns, schema=pa.schema(fields))
-
-    def discard(self, stage: str) -> None:
-        """Remove `stage`'s record (its table is overwritten when the stage next runs)."""
-        self._base(stage).with_suffix(".json").unlink(missing_ok=True)

@@ -7,10 +7,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from medr1_data import Medr1Error, __version__
 
 EXIT_ERROR = 2
+
+
+Sub = argparse._SubParsersAction
 
 
 def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
@@ -93,7 +97,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from medr1_data.score import ScoreSettings, score
 
-    table = score(_read(args.input), ScoreSettings(**_settings(args.set, ScoreSettings)))
+    table = score(_read(args.input), _settings(args.set, ScoreSettings))
     _write(table, args.out)
     df = pl.from_arrow(table.select(["quality", "quality_score"]))
     flags = df.select(pl.col("quality").struct.field("flags").explode().drop_nulls().value_counts(sort=True))
@@ -103,20 +107,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(pairs: list[str], cls: type) -> dict:
-    """`KEY=VALUE` pairs (VALUE parsed as YAML) checked against a settings dataclass."""
-    import yaml
+def _settings(pairs: list[str], cls: type) -> Any:
+    """A settings dataclass from `--set KEY=VALUE` pairs, every key and type checked (`medr1_data.config`)."""
+    from medr1_data import config
 
-    from medr1_data.recipe import check_keys
-
-    values = {}
-    for item in pairs:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise Medr1Error(f"--set {item}: expected KEY=VALUE")
-        values[key] = yaml.safe_load(value)
-    check_keys(cls, values, "--set")
-    return values
+    values = config.apply_overrides({}, [config.split_override(p) for p in pairs])
+    return config.build(cls, values, "--set")
 
 
 def _read(path: Path) -> object:
@@ -131,7 +127,7 @@ def _read(path: Path) -> object:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from medr1_data.distill import TeacherSettings, estimate, run_distill
+    from medr1_data.teacher import TeacherSettings, estimate, run_distill
 
     exit_missing = 3  # the run ended but some responses are still missing: rerun the same command
     url = args.base_url
@@ -194,7 +190,7 @@ def cmd_decontam(args: argparse.Namespace) -> int:
     for spec in args.benchmark:
         name, loaded = load_benchmark(spec, args.benchmark_dir)
         benches.append((name, loaded.table))
-    out, report = decontaminate(table, benches, DecontamSettings(**_settings(args.set, DecontamSettings)))
+    out, report = decontaminate(table, benches, _settings(args.set, DecontamSettings))
     _write(out, args.out)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -209,7 +205,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
     from medr1_data.dedup import DedupSettings, dedup
 
-    out = dedup(_read(args.input), DedupSettings(**_settings(args.set, DedupSettings)))
+    out = dedup(_read(args.input), _settings(args.set, DedupSettings))
     _write(out, args.out)
     df = pl.from_arrow(out.select(["dup_cluster", "dup_keep"]))
     clusters = df.filter(pl.col("dup_cluster").is_duplicated())["dup_cluster"].n_unique()
@@ -218,7 +214,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from medr1_data.recipe import load_recipe, run, summary_rows
+    from medr1_data.build import run, summary_rows
+    from medr1_data.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     b = run(recipe, args.out, quiet=args.quiet, from_stage=args.from_stage, until_stage=args.until_stage)
@@ -272,7 +269,7 @@ def _add_set(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def _table_verb(
-    sub: argparse._SubParsersAction, name: str, func: object, help: str, input_help: str, set_help: str | None = None
+    sub: Sub, name: str, func: object, help: str, input_help: str, set_help: str | None = None
 ) -> argparse.ArgumentParser:
     """A subcommand that reads one Parquet table and writes another: INPUT --out OUT [--set K=V] [--quiet]."""
     s = sub.add_parser(name, help=help)
@@ -285,21 +282,16 @@ def _table_verb(
     return s
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
-    p = argparse.ArgumentParser(prog="medr1-data", description="Build and inspect the MedR1 reasoning dataset.")
-    p.add_argument("--version", action="version", version=f"medr1 {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_listings(sub: Sub) -> None:
     s = sub.add_parser("sources", help="list registered sources with licence and homepage")
     s.set_defaults(func=cmd_sources)
-
     s = sub.add_parser("benchmarks", help="list registered benchmarks (test sets) and their local file names")
     s.set_defaults(func=cmd_benchmarks)
-
     s = sub.add_parser("lm-eval-path", help="print the folder of the MedR1 lm-eval tasks (for lm_eval --include_path)")
     s.set_defaults(func=cmd_lm_eval_path)
 
+
+def _add_ingest(sub: Sub) -> None:
     s = sub.add_parser("ingest", help="write the canonical table of one source split")
     s.add_argument("spec", help="NAME (Hub copy) or NAME=PATH (native file/folder, or Hub-layout Parquet)")
     s.add_argument("--split", required=True, help="split to read, e.g. train or test")
@@ -308,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_ingest)
 
+
+def _add_trace_verbs(sub: Sub) -> None:
     _table_verb(
         sub,
         "verify",
@@ -315,7 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
         "add pred_label, is_correct, verify_reason to a table of traces",
         "Parquet file of traces (distill output)",
     )
-
     _table_verb(
         sub,
         "score",
@@ -325,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         set_help="override a threshold of the score settings, e.g. --set loop_repeats=5",
     )
 
+
+def _add_distill(sub: Sub) -> None:
     s = sub.add_parser(
         "distill",
         help="ask the teacher for every (question, sample) missing from the response cache; write the traces",
@@ -366,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_distill)
 
+
+def _add_question_verbs(sub: Sub) -> None:
     s = _table_verb(
         sub,
         "decontam",
@@ -397,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
         set_help="override a DedupSettings key",
     )
 
+
+def _add_build(sub: Sub) -> None:
     s = sub.add_parser("build", help="run a recipe end to end (default: the offline demo)")
     s.add_argument("--recipe", default="demo", help="bundled recipe name (demo, medr1-170k) or a YAML file")
     s.add_argument("--out", type=Path, help="release folder (default: the recipe's output.dir)")
@@ -411,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_build)
 
+
+def _add_release_verbs(sub: Sub) -> None:
     s = sub.add_parser(
         "push",
         help="publish a release folder to the Hub as one commit, then tag it vX.Y.Z",
@@ -439,6 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--changelog", action="store_true", help="write the diff into NEW's card changelog (NEW must be a folder)"
     )
     s.set_defaults(func=cmd_diff)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    p = argparse.ArgumentParser(prog="medr1-data", description="Build and inspect the MedR1 reasoning dataset.")
+    p.add_argument("--version", action="version", version=f"medr1 {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_listings, _add_ingest, _add_trace_verbs, _add_distill, _add_question_verbs):
+        add(sub)
+    for add in (_add_build, _add_release_verbs):
+        add(sub)
     return p
 
 

@@ -5,7 +5,7 @@ with shuffled options). `dedup` works on questions (one per `id`; trace rows of 
 
 1. **Exact groups**: questions with the same canonical stem, option set (as a set: shuffled options and new letters
    do not matter), answer text and context are one group at once (polars group_by).
-2. **Near duplicates** among the groups' first questions: the candidate index of `medr1_data.decontam` built on the
+2. **Near duplicates** among the groups' first questions: the candidate index of `medr1_data.index` built on the
    dataset itself (IDF weights from the dataset), each question querying it; a candidate pair is the same question
    (`same_question`) when the stems agree (equal, or IDF-weighted containment >= `near` both ways; `near_no_options`
    when a question has no options), their option sets match (fuzzy, one to one; Jaccard >= `option_jaccard`) with
@@ -29,8 +29,9 @@ import polars as pl
 import pyarrow as pa
 
 from medr1_data import Medr1Error
-from medr1_data.decontam import (
-    DecontamSettings,
+from medr1_data.decontam import DecontamSettings
+from medr1_data.index import (
+    IndexSettings,
     Side,
     append_columns,
     broadcast,
@@ -69,20 +70,20 @@ class DedupSettings:
         """The settings as a JSON-able dict."""
         return asdict(self)
 
-    def retrieval(self) -> DecontamSettings:
+    def retrieval(self) -> IndexSettings:
         """The candidate-index settings used for the self-join."""
-        return DecontamSettings(
+        return IndexSettings(
             ngram_max_df=self.ngram_max_df,
             stem_max_df=self.exact_max_df,
             optset_max_df=self.exact_max_df,
             top_k=self.top_k + 1,  # each question also finds itself
             min_item_share=self.min_item_share,
             batch_rows=self.batch_rows,
-            unseen_weight=self.unseen_weight,
         )
 
 
 OUT_FIELDS = [pa.field("dup_cluster", pa.string(), nullable=False), pa.field("dup_keep", pa.bool_(), nullable=False)]
+OPTION_BARS = DecontamSettings()  # option texts are the same option by decontamination's rapidfuzz bars
 
 
 def same_question(a: Side, b: Side, w: dict[str, float], s: DedupSettings) -> bool:
@@ -103,11 +104,10 @@ def same_question(a: Side, b: Side, w: dict[str, float], s: DedupSettings) -> bo
         if min(shared_ctx / len(a.ctx), shared_ctx / len(b.ctx)) < s.context_contained:
             return False
     if both_opts:
-        rules = DecontamSettings()
-        hits = option_hits(a.opts, b.opts, rules)
+        hits = option_hits(a.opts, b.opts, OPTION_BARS)
         if hits / (len(a.opts) + len(b.opts) - hits) < s.option_jaccard:
             return False
-        if s.same_answer and a.answer and b.answer and not same_option(a.answer, b.answer, rules):
+        if s.same_answer and a.answer and b.answer and not same_option(a.answer, b.answer, OPTION_BARS):
             return False
     return True
 

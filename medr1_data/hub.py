@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,12 +134,23 @@ def remote_versions(tags: list[str]) -> list[tuple[int, int, int]]:
     return sorted(parse_version(t[1:]) for t in tags if TAG.match(t))
 
 
-def check_remote(api: Any, plan: PushPlan, revision: str) -> None:
-    """Raise unless the remote files at `revision` are exactly the release's: paths, sizes and LFS sha256."""
+def remote_files(api: Any, repo: str, revision: str) -> dict[str, Any]:
+    """The files (`RepoFile`, not folders) of the dataset repository at `revision`, by path."""
     from huggingface_hub.hf_api import RepoFile
 
-    tree = api.list_repo_tree(plan.repo, repo_type="dataset", revision=revision, recursive=True)
-    remote = {f.path: f for f in tree if isinstance(f, RepoFile)}
+    tree = api.list_repo_tree(repo, repo_type="dataset", revision=revision, recursive=True)
+    return {f.path: f for f in tree if isinstance(f, RepoFile)}
+
+
+def stale_paths(plan: PushPlan, remote: Iterable[str]) -> list[str]:
+    """The remote paths under the managed folders that the release does not have, sorted."""
+    ours = {f.path_in_repo for f in plan.files}
+    return sorted(p for p in remote if p.startswith(MANAGED) and p not in ours)
+
+
+def check_remote(api: Any, plan: PushPlan, revision: str) -> None:
+    """Raise unless the remote files at `revision` are exactly the release's: paths, sizes and LFS sha256."""
+    remote = remote_files(api, plan.repo, revision)
     for f in plan.files:
         r = remote.get(f.path_in_repo)
         if r is None:
@@ -150,8 +161,7 @@ def check_remote(api: Any, plan: PushPlan, revision: str) -> None:
             )
         if f.sha256 and r.lfs is not None and r.lfs.sha256 != f.sha256:
             raise Medr1Error(f"datasets/{plan.repo}@{revision[:12]}: {f.path_in_repo} sha256 differs from the manifest")
-    ours = {f.path_in_repo for f in plan.files}
-    stale = sorted(p for p in remote if p.startswith(MANAGED) and p not in ours)
+    stale = stale_paths(plan, remote)
     if stale:
         raise Medr1Error(f"datasets/{plan.repo}@{revision[:12]}: {stale[0]} is not part of v{plan.version}")
 
@@ -170,36 +180,55 @@ def push(
         for line in describe_plan(plan, token_env):
             log(line)
         return {"dry_run": True, "version": version, "files": len(plan.files)}
+    api = _api(token_env)
+    tag = f"v{version}"
+    parent = _parent(_refs(api, repo, log), plan, tag, log)
+    deletions = _stale_files(api, plan, parent)
+    oid = _commit(api, plan, parent, tag, deletions, log)
+    log(f"committed {oid[:12]}; checking the remote files against {MANIFEST}")
+    _check_and_tag(api, plan, oid, tag)
+    log(f"tagged {tag} at {oid[:12]}: load_dataset('{repo}', revision='{tag}')")
+    return {"dry_run": False, "version": version, "commit": oid, "tag": tag, "deleted": deletions}
+
+
+def _api(token_env: str) -> Any:
+    """An `HfApi` on the configured endpoint with the token from `$token_env` (raise if it is not set)."""
     token = os.environ.get(token_env)
     if not token:
         raise Medr1Error(f"${token_env} is not set: put a Hub token with write access in it (or use --token-env VAR)")
+    from huggingface_hub import HfApi
 
+    return HfApi(endpoint=hub_endpoint(), token=token)
+
+
+def _refs(api: Any, repo: str, log: Callable[[str], None]) -> Any:
+    """The dataset repository's branches and tags, creating the repository if it does not exist."""
     import httpx2
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
-    from huggingface_hub.hf_api import RepoFile
 
-    api = HfApi(endpoint=hub_endpoint(), token=token)
     try:
         try:
-            refs = api.list_repo_refs(repo, repo_type="dataset")
+            return api.list_repo_refs(repo, repo_type="dataset")
         except RepositoryNotFoundError:
             log(f"datasets/{repo} does not exist: creating it")
             api.create_repo(repo, repo_type="dataset")
-            refs = api.list_repo_refs(repo, repo_type="dataset")
+            return api.list_repo_refs(repo, repo_type="dataset")
     except OfflineModeIsEnabled:
         raise Medr1Error("HF_HUB_OFFLINE is set: unset it to push") from None
     except HfHubHTTPError as e:
         raise _hub_error(e, repo, "read the repository's branches and tags") from None
     except (httpx2.HTTPError, OSError) as e:
         raise Medr1Error(f"cannot reach the Hub at {api.endpoint}: {type(e).__name__}: {e}") from None
+
+
+def _parent(refs: Any, plan: PushPlan, tag: str, log: Callable[[str], None]) -> str:
+    """The head of `main` to commit on, after checking that `tag` is new and greater than every remote release."""
+    repo, version = plan.repo, plan.version
     tags = [t.name for t in refs.tags]
-    tag = f"v{version}"
     if tag in tags:
         raise Medr1Error(f"datasets/{repo} already has the tag {tag}: a published version is never replaced")
     versions = remote_versions(tags)
-    new = parse_version(version)
-    if versions and new <= versions[-1]:
+    if versions and parse_version(version) <= versions[-1]:
         latest = ".".join(map(str, versions[-1]))
         raise Medr1Error(f"version {version} is not greater than the latest release v{latest} of datasets/{repo}")
     heads = {b.name: b.target_commit for b in refs.branches}
@@ -208,14 +237,26 @@ def push(
     parent = heads[BRANCH]
     latest_text = "v" + ".".join(map(str, versions[-1])) if versions else "none"
     log(f"datasets/{repo}: {BRANCH} at {parent[:12]}, latest release {latest_text} -> {tag}")
+    return parent
+
+
+def _stale_files(api: Any, plan: PushPlan, parent: str) -> list[str]:
+    """Remote files at `parent` under the managed folders that the release does not have (to delete)."""
+    from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        tree = api.list_repo_tree(repo, repo_type="dataset", revision=parent, recursive=True)
-        remote = [f.path for f in tree if isinstance(f, RepoFile)]
+        remote = remote_files(api, plan.repo, parent)
     except HfHubHTTPError as e:
-        raise _hub_error(e, repo, f"list the files at {parent[:12]}") from None
-    ours = {f.path_in_repo for f in plan.files}
-    deletions = sorted(p for p in remote if p.startswith(MANAGED) and p not in ours)
+        raise _hub_error(e, plan.repo, f"list the files at {parent[:12]}") from None
+    return stale_paths(plan, remote)
+
+
+def _commit(api: Any, plan: PushPlan, parent: str, tag: str, deletions: list[str], log: Callable[[str], None]) -> str:
+    """One commit on `main` with `parent` as its parent: every release file added, `deletions` deleted; its oid."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub.errors import HfHubHTTPError
+
+    repo = plan.repo
     operations: list[Any] = [CommitOperationAdd(f.path_in_repo, str(f.local)) for f in plan.files]
     operations += [CommitOperationDelete(p) for p in deletions]
     log(f"one commit: {len(plan.files)} file(s) added or replaced, {len(deletions)} deleted")
@@ -244,14 +285,17 @@ def push(
             f"datasets/{repo}: upload failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             f"nothing was committed: {BRANCH} is still at {parent[:12]}; run the push again"
         ) from None
-    oid = commit.oid
-    log(f"committed {oid[:12]}; checking the remote files against {MANIFEST}")
+    return commit.oid
+
+
+def _check_and_tag(api: Any, plan: PushPlan, oid: str, tag: str) -> None:
+    """Check the remote files at commit `oid` against the manifest, then tag it."""
+    from huggingface_hub.errors import HfHubHTTPError
+
     try:
         check_remote(api, plan, oid)
-        api.create_tag(repo, tag=tag, revision=oid, repo_type="dataset", tag_message=f"MedR1 release {tag}")
+        api.create_tag(plan.repo, tag=tag, revision=oid, repo_type="dataset", tag_message=f"MedR1 release {tag}")
     except HfHubHTTPError as e:
         raise Medr1Error(
-            f"{_hub_error(e, repo, f'tag {tag}')} (commit {oid[:12]} is on {BRANCH} untagged; run the push again)"
+            f"{_hub_error(e, plan.repo, f'tag {tag}')} (commit {oid[:12]} is on {BRANCH} untagged; run the push again)"
         ) from None
-    log(f"tagged {tag} at {oid[:12]}: load_dataset('{repo}', revision='{tag}')")
-    return {"dry_run": False, "version": version, "commit": oid, "tag": tag, "deleted": deletions}

@@ -13,6 +13,7 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -78,6 +79,58 @@ def duration(s: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+class LiveLine:
+    """One status line on `stream`, redrawn every `interval` seconds by a background thread from `render()`.
+
+    On a terminal the line is rewritten in place; elsewhere (CI logs, files) it is printed as a new line each time
+    when `log_off_tty`, and not at all otherwise. `write` prints a final line above (or instead of) the live one.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str],
+        render: Callable[[], str | None],
+        interval: float | None = None,
+        log_off_tty: bool = False,
+    ) -> None:
+        self.stream, self.render, self.log_off_tty = stream, render, log_off_tty
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.interval = interval if interval is not None else (0.5 if self.tty else 10.0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def write(self, line: str, final: bool = True) -> None:
+        """A line: `final` ends it (a newline); a live line is redrawn in place on a terminal."""
+        with self._lock:
+            if self.tty:
+                self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
+            elif final or self.log_off_tty:
+                self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval):
+            line = self.render()
+            if line is not None:
+                self.write(line, final=False)
+
+    def start(self) -> None:
+        """Start redrawing (nothing is drawn off a terminal unless `log_off_tty`)."""
+        if self._thread is not None or not (self.tty or self.log_off_tty):
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._tick, name="medr1-progress", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop redrawing."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+
 class BuildProgress:
     """Stage-by-stage progress of one build on `stream` (stderr); silent when `quiet`."""
 
@@ -92,17 +145,13 @@ class BuildProgress:
     ) -> None:
         self.stages, self.quiet = stages, quiet
         self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.previous = {s["stage"]: s for s in previous or [] if s.get("seconds") is not None}
-        self.interval = interval
         self.started = time.monotonic()
         self.scale: float | None = None
         self._stage: str | None = None
         self._rows: int | None = None
         self._t0 = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self.line = LiveLine(self.stream, self._live, interval)
 
     def _eta(self, elapsed_in_stage: float = 0.0) -> float:
         """Seconds left: the previous build's time of the stages not done yet, scaled by rows (NaN if unknown)."""
@@ -116,30 +165,19 @@ class BuildProgress:
             left += prev["seconds"] * (self.scale or 1.0)
         return max(left - elapsed_in_stage, 0.0)
 
-    def _write(self, line: str, final: bool) -> None:
-        with self._lock:
-            if self.tty:
-                self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
-            elif final:
-                self.stream.write(line + "\n")
-            self.stream.flush()
-
     def _label(self, stage: str) -> str:
         return f"[medr1] [{self.stages.index(stage) + 1}/{len(self.stages)}] {stage}"
 
-    def _tick(self) -> None:
-        while not self._stop.wait(self.interval):
-            stage, rows = self._stage, self._rows
-            if stage is None:
-                continue
-            t = time.monotonic() - self._t0
-            rows_text = f"{human(rows)} rows in" if rows is not None else "reading sources"
-            eta = self._eta(t)
-            self._write(
-                f"{self._label(stage)}: {rows_text}, {duration(t)} | build {duration(time.monotonic() - self.started)}"
-                f" | ETA {duration(eta)}",
-                final=False,
-            )
+    def _live(self) -> str | None:
+        stage, rows = self._stage, self._rows
+        if stage is None:
+            return None
+        t = time.monotonic() - self._t0
+        rows_text = f"{human(rows)} rows in" if rows is not None else "reading sources"
+        return (
+            f"{self._label(stage)}: {rows_text}, {duration(t)} | build {duration(time.monotonic() - self.started)}"
+            f" | ETA {duration(self._eta(t))}"
+        )
 
     def start(self, stage: str, rows_in: int | None, *, live: bool = True) -> None:
         """A stage begins; `live=False` for a stage that shows its own progress (the teacher's requests)."""
@@ -147,21 +185,12 @@ class BuildProgress:
             prev = self.previous.get(stage, {}).get("rows_in")
             self.scale = rows_in / prev if prev else None
         self._stage, self._rows, self._t0 = stage, rows_in, time.monotonic()
-        if self.quiet or not self.tty or not live:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._tick, name="medr1-progress", daemon=True)
-        self._thread.start()
-
-    def _halt(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
+        if not self.quiet and live:
+            self.line.start()
 
     def finish(self, entry: dict[str, Any], extra: str = "") -> None:
         """A stage ended (or was served from its checkpoint): its result line."""
-        self._halt()
+        self.line.stop()
         if entry["stage"] == self.stages[0] and self.scale is None:
             prev = self.previous.get(entry["stage"], {}).get("rows_out")
             self.scale = entry["rows_out"] / prev if prev else None
@@ -187,13 +216,13 @@ class BuildProgress:
             self._stage = stage
             if math.isfinite(eta):
                 text += f" | ETA {duration(eta)}"
-        self._write(f"{self._label(stage)}: {text}", final=True)
+        self.line.write(f"{self._label(stage)}: {text}", final=True)
 
     def message(self, line: str) -> None:
         """A line of a stage's own (per source, per benchmark) above the live line."""
         if not self.quiet:
-            self._write(line, final=True)
+            self.line.write(line, final=True)
 
     def close(self) -> None:
         """Stop the ticker (a stage that raised)."""
-        self._halt()
+        self.line.stop()

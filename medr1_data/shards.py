@@ -96,11 +96,6 @@ def take_rows(table: pa.Table, rows: pa.Array | np.ndarray) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=table.schema)
 
 
-def sort_rows(table: pa.Table) -> pa.Table:
-    """The deterministic release order: by `id`, then `sample_idx` (which also groups rows by source)."""
-    return take_rows(table, sort_order(table))
-
-
 def source_runs(table: pa.Table) -> list[tuple[str, int, int]]:
     """(source, offset, length) of each run of equal `source` values in a sorted table; each source once."""
     if not table.num_rows:

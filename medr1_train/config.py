@@ -1,25 +1,18 @@
-"""Training recipes: YAML read into dataclasses, with `--section.key value` overrides from the command line."""
+"""Training recipes: the sections of an SFT run as dataclasses, read by `medr1_data.config` (one loader for both
+packages) with `--section.key value` overrides from the command line."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from medr1_data import Medr1Error, canonical_sha256
+from medr1_data import canonical_sha256, config
+from medr1_data.config import ConfigError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_ASSISTANT_FORMAT = "<think>{reasoning}</think>\n<answer>{answer_label}</answer>"
-
-
-class ConfigError(Medr1Error):
-    """A recipe or override that cannot be used: reported as one line naming the file and key."""
 
 
 @dataclass
@@ -123,38 +116,17 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "lora": L
 
 
 def find_recipe(name_or_path: str) -> Path:
-    """A bundled recipe by name (`qwen2.5-7b`) or a YAML file path."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    bundled = RECIPES_DIR / f"{name_or_path}.yaml"
-    if bundled.is_file():
-        return bundled
-    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-    raise ConfigError(f"{name_or_path}: no such recipe file or bundled recipe (bundled: {names})")
+    """A bundled recipe by name (`qwen2.5-7b`) or a YAML file path (the rule of `medr1_data.config.find_recipe`)."""
+    return config.find_recipe(name_or_path, RECIPES_DIR)
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
     """`--a.b value`, `--a.b=value` and bare `--flag` (true) into (key, raw value) pairs."""
-    pairs: list[tuple[str, str]] = []
-    i = 0
-    while i < len(items):
-        item = items[i]
-        if not item.startswith("--") or len(item) == 2:
-            raise ConfigError(f"override '{item}': expected --KEY VALUE, e.g. --train.max_steps 100")
-        key, sep, value = item[2:].partition("=")
-        if not sep:
-            if i + 1 < len(items) and not items[i + 1].startswith("--"):
-                value = items[i + 1]
-                i += 1
-            else:
-                value = "true"
-        pairs.append((key.replace("-", "_"), value))
-        i += 1
-    return pairs
+    return config.flag_overrides(items)
 
 
-def _section_of(key: str, raw: dict[str, Any]) -> list[str]:
+def _section_of(key: str) -> list[str]:
+    """The path of an override key: `section.key`, or a bare key that exactly one section has."""
     parts = key.split(".")
     if len(parts) > 1 or key in ("name", "description"):
         return parts
@@ -168,72 +140,7 @@ def _section_of(key: str, raw: dict[str, Any]) -> list[str]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `--section.key value` overrides (value parsed as YAML) to a recipe mapping."""
-    raw = copy.deepcopy(raw)
-    for key, value in parse_overrides(overrides):
-        parts = _section_of(key, raw)
-        node = raw
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '--{key}': '{part}' is not a section")
-        try:
-            node[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            node[parts[-1]] = value
-    return raw
-
-
-def _check(value: Any, hint: Any, where: str) -> Any:
-    """`value` checked against the type hint (ints accepted for floats); a ConfigError naming `where` otherwise."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check(value, arg, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0]
-    if hint is Any:
-        return value
-    if origin is list:
-        if isinstance(value, str):  # `--train.report_to wandb` means a one-item list
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (inner,) = typing.get_args(hint)
-        return [_check(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        k_t, v_t = typing.get_args(hint)
-        return {_check(k, k_t, where): _check(v, v_t, f"{where}.{k}") for k, v in value.items()}
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def build_section(cls: type, data: Any, where: str) -> Any:
-    """A section dataclass from a mapping: unknown keys and wrong types are one-line errors."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(names)})")
-    return cls(**{k: _check(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+    return config.apply_overrides(raw, parse_overrides(overrides), _section_of, lambda k, v: f"--{k}")
 
 
 def validate(recipe: SFTRecipe, where: str) -> None:
@@ -266,25 +173,9 @@ def validate(recipe: SFTRecipe, where: str) -> None:
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> SFTRecipe:
     """Read a training recipe, apply `--key value` overrides and check every key and type."""
     path = find_recipe(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(config.read_yaml(path), overrides or [])
     where = str(path)
-    known = ["name", "description", *SECTIONS]
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(known)})")
-    sections = {s: build_section(cls, raw.get(s), f"{where}: {s}") for s, cls in SECTIONS.items()}
-    recipe = SFTRecipe(
-        name=_check(raw.get("name", path.stem), str, f"{where}: name"),
-        description=_check(raw.get("description", ""), str, f"{where}: description"),
-        source=str(path),
-        raw=raw,
-        **sections,
-    )
+    recipe = config.build(SFTRecipe, {"name": path.stem, **raw}, where, skip=("source", "raw"))
+    recipe.source, recipe.raw = str(path), raw
     validate(recipe, where)
     return recipe

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from medr1_data.distill import split_reasoning
 from medr1_data.schema import TRACE_SCHEMA
+from medr1_data.teacher import split_reasoning
 
 
 def load_real_traces(folder: Path, pattern: str = "deepseek_r1_*.json") -> pa.Table:

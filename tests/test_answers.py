@@ -5,10 +5,11 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from medr1_data.answers import after_thinking, extract, extract_label
+from medr1_data.answers import after_thinking, extract
 
 MCQ = [
     ("A", "Acute pancreatitis"),
@@ -33,6 +34,10 @@ TEN = [
 PUBMEDQA = [("A", "yes"), ("B", "no"), ("C", "maybe")]
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def extract_label(response: str | None, options: Any, reasoning: str | None = None) -> str | None:
+    return extract(response, options, reasoning).label
 
 
 @pytest.mark.parametrize(

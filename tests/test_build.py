@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from medr1_data import Medr1Error
-from medr1_data.recipe import load_recipe, run, summary_rows
+from medr1_data.build import run, summary_rows
+from medr1_data.recipe import load_recipe
 from medr1_data.schema import QUESTION_SCHEMA, TRACE_FIELDS, VERIFY_FIELDS
 from medr1_data.shards import MANIFEST, read_release, sha256_file
 
@@ -205,8 +206,10 @@ def test_columnar_cache_reader_gives_the_same_traces_as_the_record_reader(
     `split_reasoning` + `cost_usd` make it (the per-record path stays as the fallback)."""
     import pyarrow as pa
 
-    from medr1_data import distill as d
+    from medr1_data import teacher as d
     from medr1_data.schema import QUESTION_SCHEMA
+    from medr1_data.teacher import cache as cache_module
+    from medr1_data.teacher import traces
 
     rows = [
         {
@@ -228,7 +231,7 @@ def test_columnar_cache_reader_gives_the_same_traces_as_the_record_reader(
         model="m", endpoint="openai", api_key_env=None, cache=str(tmp_path / "c"), offline=True, samples=1,
         price_input_cache_hit_per_m=0.1, price_input_per_m=0.5, price_output_per_m=2.0,
     )  # fmt: skip
-    keys = [k for _, _, k in d.requests_for(table, teacher)]
+    keys = [k for _, _, k in d.plan_requests(table, teacher).requests]
     messages = [
         {"role": "assistant", "content": " The answer is A.\n", "reasoning_content": "\n Think.\x1c "},
         {"role": "assistant", "content": "B", "reasoning": "vLLM field", "reasoning_content": ""},
@@ -257,11 +260,11 @@ def test_columnar_cache_reader_gives_the_same_traces_as_the_record_reader(
     with (tmp_path / "c" / d.CACHE_FILE).open("ab") as f:
         f.write(b'{"key": "half-written')  # a writer killed mid-record
     # keys[9..11] are not in the cache: missing rows with their error
-    monkeypatch.setattr(d, "_SPLIT_BATCH_ROWS", 5)  # batch edges inside the table
+    monkeypatch.setattr(traces, "SPLIT_BATCH_ROWS", 5)  # batch edges inside the table
     columnar = d.run_distill(table, teacher)
-    reader = d.read_cache_columns
+    reader = cache_module.read_fast
     assert reader(tmp_path / "c" / d.CACHE_FILE) is not None
-    monkeypatch.setattr(d, "read_cache_columns", lambda path: None)
+    monkeypatch.setattr(cache_module, "read_fast", lambda path: None)
     by_record = d.run_distill(table, teacher)
     assert columnar.missing == by_record.missing == 3 and columnar.first_missing == by_record.first_missing
     assert columnar.table.schema == by_record.table.schema

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from medr1_data.build import run
 from medr1_data.card import (
     HISTOGRAM,
     changelog_lines,
@@ -20,10 +21,11 @@ from medr1_data.card import (
     replace_changelog,
     template_version,
 )
-from medr1_data.recipe import card_inputs, load_recipe, run
+from medr1_data.recipe import load_recipe
 from medr1_data.schema import COLUMN_DOCS
 from medr1_data.select import drop_counts
 from medr1_data.shards import MANIFEST, read_release
+from medr1_data.stages import card_inputs
 
 
 @pytest.fixture(scope="module")

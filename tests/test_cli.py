@@ -120,7 +120,8 @@ def test_build_with_no_arguments_runs_the_demo(tmp_path: Path) -> None:
 
 
 def test_verify_then_score_on_a_built_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from medr1_data.recipe import load_recipe, run
+    from medr1_data.build import run
+    from medr1_data.recipe import load_recipe
 
     b = run(load_recipe("demo"), tmp_path / "rel", quiet=True)
     traces = pq.read_table(b.build_dir / "dropped.parquet").drop_columns(["quality", "quality_score"])

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from medr1_data.build import run
 from medr1_data.card import changelog_lines, replace_changelog
 from medr1_data.cli import main
 from medr1_data.diff import diff_releases
-from medr1_data.recipe import load_recipe, run
+from medr1_data.recipe import load_recipe
 from medr1_data.shards import MANIFEST, read_release
 
 

@@ -11,18 +11,18 @@ import pytest
 
 import medr1_data.demo as demo_pkg
 from medr1_data import Medr1Error
-from medr1_data.distill import (
+from medr1_data.prompts import get_template
+from medr1_data.schema import QUESTION_SCHEMA, TRACE_SCHEMA
+from medr1_data.teacher import (
     CACHE_FILE,
     ResponseCache,
     TeacherSettings,
     cache_record,
     distill,
+    plan_requests,
     request_key,
-    requests_for,
     split_reasoning,
 )
-from medr1_data.prompts import get_template
-from medr1_data.schema import QUESTION_SCHEMA, TRACE_SCHEMA
 
 # ----------------------------------------------------------------------------------------------- split_reasoning
 
@@ -262,7 +262,7 @@ def _teacher(cache: Path, **kw) -> TeacherSettings:
 
 def _fill(table: pa.Table, teacher: TeacherSettings, skip: int | None = None) -> None:
     records = []
-    for n, (i, s, key) in enumerate(requests_for(table, teacher)):
+    for n, (i, s, key) in enumerate(plan_requests(table, teacher).requests):
         if n == skip:
             continue
         msg = {"role": "assistant", "content": f"<think>thought {i}.{s}</think>\nThe answer is (C)."}
@@ -274,7 +274,7 @@ def _fill(table: pa.Table, teacher: TeacherSettings, skip: int | None = None) ->
 def test_requests_for_uses_the_template_messages() -> None:
     table = pa.Table.from_pylist(QUESTIONS, schema=QUESTION_SCHEMA)
     teacher = TeacherSettings(samples=3)
-    needed = requests_for(table, teacher)
+    needed = plan_requests(table, teacher).requests
     assert [(i, s) for i, s, _ in needed] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert len({k for _, _, k in needed}) == 6
     q = QUESTIONS[1]

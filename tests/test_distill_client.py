@@ -21,21 +21,21 @@ import pytest
 
 from medr1_data import Medr1Error
 from medr1_data.cli import main
-from medr1_data.distill import (
+from medr1_data.prompts import get_template
+from medr1_data.schema import QUESTION_SCHEMA, TRACE_SCHEMA
+from medr1_data.teacher import (
     CACHE_FILE,
     ERRORS_FILE,
     KEY_HEADER,
     ResponseCache,
     TeacherSettings,
-    _lock_cache,
-    _retry_after,
     distill,
-    requests_for,
+    lock_cache,
+    plan_requests,
+    retry_after,
     run_distill,
 )
-from medr1_data.prices import cost_usd, price_for, token_counts
-from medr1_data.prompts import get_template
-from medr1_data.schema import QUESTION_SCHEMA, TRACE_SCHEMA
+from medr1_data.teacher.prices import cost_usd, price_for, token_counts
 
 from .teacher_server import Reply, TeacherServer
 
@@ -92,7 +92,7 @@ def server() -> Iterator[TeacherServer]:
 def test_scripted_faults_and_every_reasoning_shape(tmp_path: Path, server: TeacherServer) -> None:
     table = questions(15)
     teacher = settings(tmp_path / "cache", server.url, request_timeout=2.0)
-    k = [key for _, _, key in requests_for(table, teacher)]
+    k = [key for _, _, key in plan_requests(table, teacher).requests]
     ok = Reply()
     server.script = {
         k[0]: [Reply(kind="status", status=429, headers={"Retry-After": "1"}), ok],
@@ -259,21 +259,21 @@ def test_distill_stage_requests_online_and_offline_does_not(tmp_path: Path, serv
 
 def test_one_run_per_cache_at_a_time(tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path)
-    lock = _lock_cache(cache)
+    lock = lock_cache(cache)
     try:
         with pytest.raises(Medr1Error, match="another distill run is using this cache"):
-            _lock_cache(cache)
+            lock_cache(cache)
     finally:
-        lock.close()
-    _lock_cache(cache).close()
+        lock.release()
+    lock_cache(cache).release()
 
 
 def test_retry_after_forms() -> None:
-    assert _retry_after({"retry-after": "7"}) == 7.0
-    assert _retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert retry_after({"retry-after": "7"}) == 7.0
+    assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
-    assert 25 < _retry_after({"retry-after": when}) <= 31
-    assert _retry_after({"retry-after": "soon"}) is None and _retry_after({}) is None
+    assert 25 < retry_after({"retry-after": when}) <= 31
+    assert retry_after({"retry-after": "soon"}) is None and retry_after({}) is None
 
 
 def test_prices_and_token_counts() -> None:
@@ -351,7 +351,7 @@ def test_cli_kill9_mid_run_then_rerun_is_exactly_once_and_never_leaks_the_key(
     table = pq.read_table(out)
     pairs = list(zip(table.column("id").to_pylist(), table.column("sample_idx").to_pylist(), strict=True))
     assert len(pairs) == 80 and len(set(pairs)) == 80 and table.column("error").null_count == 80
-    keys = {k for _, _, k in requests_for(questions(40), TeacherSettings(model="test/r1", samples=2))}
+    keys = {k for _, _, k in plan_requests(questions(40), TeacherSettings(model="test/r1", samples=2)).requests}
     assert set(server.paid) == keys and set(server.paid.values()) == {1}  # every key paid exactly once
     assert len(ResponseCache(cache).load()) == 80
     assert re.search(r"served from the cache +25\n", out2) and re.search(r"fetched now +55\n", out2)
@@ -373,7 +373,7 @@ def test_cli_exit_code_and_message_when_responses_stay_missing(
 ) -> None:
     inp = write_questions(tmp_path / "q.parquet", 5)
     teacher = TeacherSettings(model="test/r1")
-    bad = requests_for(questions(5), teacher)[2][2]
+    bad = plan_requests(questions(5), teacher).requests[2][2]
     server.script = {bad: [Reply(kind="status", status=500)] * 3}
     out = tmp_path / "t.parquet"
     args = ["distill", str(inp), "--out", str(out), "--model", "test/r1", "--base-url", server.url]

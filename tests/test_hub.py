@@ -16,9 +16,10 @@ import pytest
 from huggingface_hub import constants, set_client_factory
 from huggingface_hub.utils._http import default_client_factory
 
+from medr1_data.build import run
 from medr1_data.cli import main
 from medr1_data.diff import diff_releases
-from medr1_data.recipe import load_recipe, run
+from medr1_data.recipe import load_recipe
 from medr1_data.shards import MANIFEST, sha256_file
 from tests.hub_server import HubStandIn
 

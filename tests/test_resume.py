@@ -14,9 +14,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from medr1_data import Medr1Error, recipe
+from medr1_data import Medr1Error, stages
+from medr1_data.build import run, summary_rows
 from medr1_data.cli import main
-from medr1_data.recipe import load_recipe, run, summary_rows
+from medr1_data.recipe import load_recipe
 from medr1_data.shards import MANIFEST
 
 from .teacher_server import Reply, TeacherServer
@@ -30,14 +31,14 @@ def release_bytes(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-def ran(b: recipe.Build) -> list[str]:
+def ran(b: stages.Build) -> list[str]:
     """The stages this run executed (not served from a checkpoint)."""
     return [s["stage"] for s in b.report if not s["cached"]]
 
 
 def kill_in(monkeypatch: pytest.MonkeyPatch, stage: str, error: type[BaseException] = KeyboardInterrupt) -> list[int]:
     """Make `stage` die half-way (after doing its work, before returning) once; returns the call counter."""
-    real = recipe.STAGES[stage]
+    real = stages.STAGES[stage]
     calls = [0]
 
     def dying(table, b):
@@ -47,18 +48,18 @@ def kill_in(monkeypatch: pytest.MonkeyPatch, stage: str, error: type[BaseExcepti
             raise error("killed")
         return out
 
-    monkeypatch.setitem(recipe.STAGES, stage, dying)
+    monkeypatch.setitem(stages.STAGES, stage, dying)
     return calls
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> recipe.Build:
+def reference(tmp_path_factory: pytest.TempPathFactory) -> stages.Build:
     """One uninterrupted demo build."""
     return run(load_recipe("demo"), tmp_path_factory.mktemp("ref") / "release", quiet=True)
 
 
 def test_rerun_serves_every_stage_from_its_checkpoint(
-    reference: recipe.Build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reference: stages.Build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "release"
     first = run(load_recipe("demo"), out, quiet=True)
@@ -69,7 +70,7 @@ def test_rerun_serves_every_stage_from_its_checkpoint(
         def fail(table, b, name=name):
             raise AssertionError(f"stage {name} ran although its checkpoint is valid")
 
-        monkeypatch.setitem(recipe.STAGES, name, fail)
+        monkeypatch.setitem(stages.STAGES, name, fail)
     again = run(load_recipe("demo"), out, quiet=True)
     assert ran(again) == []
     assert release_bytes(out) == before == release_bytes(reference.out)
@@ -89,7 +90,7 @@ def test_rerun_serves_every_stage_from_its_checkpoint(
     ],
 )
 def test_a_changed_setting_reruns_from_the_stage_that_reads_it(
-    reference: recipe.Build, tmp_path: Path, override: str, first_rerun: str
+    reference: stages.Build, tmp_path: Path, override: str, first_rerun: str
 ) -> None:
     out = tmp_path / "release"
     run(load_recipe("demo"), out, quiet=True)
@@ -103,7 +104,7 @@ def test_a_changed_setting_reruns_from_the_stage_that_reads_it(
 
 @pytest.mark.parametrize("stage", ["score"])
 def test_a_build_killed_in_a_stage_resumes_there_and_matches_an_uninterrupted_one(
-    reference: recipe.Build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+    reference: stages.Build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
 ) -> None:
     out = tmp_path / "release"
     kill_in(monkeypatch, stage)
@@ -127,7 +128,7 @@ def test_an_edited_library_reruns_every_stage(tmp_path: Path, monkeypatch: pytes
     assert ran(run(load_recipe("demo"), out, quiet=True)) == STAGES
 
 
-def test_a_damaged_checkpoint_is_not_trusted(reference: recipe.Build, tmp_path: Path) -> None:
+def test_a_damaged_checkpoint_is_not_trusted(reference: stages.Build, tmp_path: Path) -> None:
     out = tmp_path / "release"
     run(load_recipe("demo"), out, quiet=True)
     folder = out.parent / "release.build" / "checkpoints"
@@ -143,7 +144,7 @@ def test_a_damaged_checkpoint_is_not_trusted(reference: recipe.Build, tmp_path: 
     assert release_bytes(out) == release_bytes(reference.out)
 
 
-def test_build_report_has_every_stage_and_the_card_renders_it(reference: recipe.Build) -> None:
+def test_build_report_has_every_stage_and_the_card_renders_it(reference: stages.Build) -> None:
     report = json.loads((reference.build_dir / "build_report.json").read_text())
     assert report["recipe"] == "medr1-demo" and report["recipe_sha256"] == reference.recipe.sha256
     assert report["library_version"] and report["complete"] is True
@@ -191,7 +192,7 @@ def test_progress_on_stderr_and_quiet(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "ETA" in lines[5]  # the previous build's report gives the remaining stages' time
 
 
-def test_resumed_build_never_asks_the_teacher_twice(reference: recipe.Build, tmp_path: Path, monkeypatch) -> None:
+def test_resumed_build_never_asks_the_teacher_twice(reference: stages.Build, tmp_path: Path, monkeypatch) -> None:
     failing = {"on": True, "n": 0}
 
     def reply(body: dict) -> Reply:

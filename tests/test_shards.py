@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from medr1_data import Medr1Error
-from medr1_data.recipe import load_recipe, run
+from medr1_data.build import run
+from medr1_data.recipe import load_recipe
 from medr1_data.shards import (
     MANIFEST,
     ShardSettings,
@@ -20,7 +21,7 @@ from medr1_data.shards import (
     read_release,
     row_group_rows,
     sha256_file,
-    sort_rows,
+    sort_order,
     take_rows,
     write_manifest,
     write_shards,
@@ -109,7 +110,9 @@ def test_take_rows_is_take_in_one_chunk_whatever_the_input_chunks() -> None:
         assert all(column.num_chunks == 1 for column in got.columns)
         assert got.nbytes == results[0].nbytes
     assert take_rows(table, pa.array([], pa.uint64())).num_rows == 0
-    assert sort_rows(rechunked(table, 9)).equals(table.sort_by([("id", "ascending"), ("sample_idx", "ascending")]))
+    chunked = rechunked(table, 9)
+    expected = table.sort_by([("id", "ascending"), ("sample_idx", "ascending")])
+    assert take_rows(chunked, sort_order(chunked)).equals(expected)
 
 
 def test_shards_of_chosen_rows_do_not_depend_on_chunking(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from medr1_data.shards import ShardSettings, write_manifest, write_shards
 
 def build_demo_release(folder: Path) -> Path:
     """The demo release as `medr1-data build` writes it (25 verified, scored traces of real-shaped questions)."""
-    from medr1_data.recipe import load_recipe, run
+    from medr1_data.build import run
+    from medr1_data.recipe import load_recipe
 
     out = folder / "medr1-reasoning"
     run(load_recipe("demo"), out=out, quiet=True)

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from medr1_data import Medr1Error
-from medr1_data.distill import ResponseCache, cache_record, requests_for
-from medr1_data.recipe import load_recipe, stage_ingest
+from medr1_data.recipe import load_recipe
+from medr1_data.stages import stage_ingest
+from medr1_data.teacher import ResponseCache, cache_record, plan_requests
 
 DEMO = Path(__file__).parent
 
@@ -16,7 +17,7 @@ def demo_records() -> list[dict]:
     """Cache records for every (demo question, sample), keyed exactly as the distill stage will look them up."""
     import tempfile
 
-    from medr1_data.recipe import Build
+    from medr1_data.stages import Build
 
     recipe = load_recipe("demo")
     with tempfile.TemporaryDirectory() as tmp:
@@ -25,7 +26,7 @@ def demo_records() -> list[dict]:
     for line in (DEMO / "traces.jsonl").read_text(encoding="utf-8").splitlines():
         t = json.loads(line)
         traces[(t["source"], t["question"], t["sample_idx"])] = t
-    keys = requests_for(questions, recipe.teacher)
+    keys = plan_requests(questions, recipe.teacher).requests
     sources, stems = questions.column("source").to_pylist(), questions.column("question").to_pylist()
     records = []
     for i, s, key in keys:

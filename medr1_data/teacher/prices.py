@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 
 @dataclass(frozen=True)
 class Price:
@@ -66,23 +69,72 @@ def price_for(
     return Price(hit, miss, out, note)
 
 
-def token_counts(usage: dict[str, Any] | None) -> tuple[int, int, int]:
-    """(input cache hits, input cache misses, output tokens) from an OpenAI-style usage object.
+USAGE_TYPE = pa.struct(
+    [
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("prompt_cache_hit_tokens", pa.int64()),
+        ("prompt_tokens_details", pa.struct([("cached_tokens", pa.int64())])),
+    ]
+)
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def clean_usage(usage: Any) -> dict[str, Any] | None:
+    """The usage fields the costs read, as ints or None (a server's odd types: digit strings, floats)."""
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    return {
+        "prompt_tokens": _count(usage.get("prompt_tokens")),
+        "completion_tokens": _count(usage.get("completion_tokens")),
+        "prompt_cache_hit_tokens": _count(usage.get("prompt_cache_hit_tokens")),
+        "prompt_tokens_details": {"cached_tokens": cached} if isinstance(details, dict) else None,
+    }
+
+
+def token_columns(usage: pa.Array | pa.ChunkedArray) -> tuple[Any, Any, Any]:
+    """(input cache hits, input cache misses, output tokens) of each row of a `USAGE_TYPE` column.
 
     DeepSeek reports `prompt_cache_hit_tokens`/`prompt_cache_miss_tokens`; OpenAI-style servers report
-    `prompt_tokens_details.cached_tokens`; without either, every prompt token counts as a miss.
+    `prompt_tokens_details.cached_tokens`; without either, every prompt token counts as a miss. A null usage is 0.
     """
-    usage = usage or {}
-    prompt = usage.get("prompt_tokens") or 0
-    hit = usage.get("prompt_cache_hit_tokens")
-    if hit is None:
-        details = usage.get("prompt_tokens_details") or {}
-        hit = details.get("cached_tokens") if isinstance(details, dict) else None
-    hit = min(int(hit or 0), prompt)
-    return hit, prompt - hit, usage.get("completion_tokens") or 0
+    prompt = pc.fill_null(pc.struct_field(usage, "prompt_tokens"), 0)
+    details = pc.struct_field(usage, "prompt_tokens_details")
+    hit = pc.coalesce(pc.struct_field(usage, "prompt_cache_hit_tokens"), pc.struct_field(details, "cached_tokens"))
+    hit = pc.min_element_wise(pc.fill_null(hit, 0), prompt)
+    return hit, pc.subtract(prompt, hit), pc.fill_null(pc.struct_field(usage, "completion_tokens"), 0)
+
+
+def cost_column(usage: pa.Array | pa.ChunkedArray, price: Price) -> Any:
+    """USD of each row of a `USAGE_TYPE` column: cache-hit input, cache-miss input and output at their prices."""
+    hit, miss, out = (pc.cast(c, pa.float64()) for c in token_columns(usage))
+    total = pc.add(
+        pc.add(pc.multiply(hit, price.input_cache_hit), pc.multiply(miss, price.input_cache_miss)),
+        pc.multiply(out, price.output),
+    )
+    return pc.divide(total, 1e6)
+
+
+def token_counts(usage: dict[str, Any] | None) -> tuple[int, int, int]:
+    """(input cache hits, input cache misses, output tokens) from one OpenAI-style usage object."""
+    cols = token_columns(pa.array([clean_usage(usage)], USAGE_TYPE))
+    hit, miss, out = (c[0].as_py() for c in cols)
+    return hit, miss, out
 
 
 def cost_usd(usage: dict[str, Any] | None, price: Price) -> float:
-    """Cost of one request: cache-hit input, cache-miss input and output tokens at their prices."""
-    hit, miss, out = token_counts(usage)
-    return (hit * price.input_cache_hit + miss * price.input_cache_miss + out * price.output) / 1e6
+    """Cost of one request (the same formula as `cost_column`)."""
+    return cost_column(pa.array([clean_usage(usage)], USAGE_TYPE), price)[0].as_py()

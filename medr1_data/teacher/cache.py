@@ -1,0 +1,291 @@
+"""The teacher's response cache: an append-only JSON-lines file of successful responses, keyed by request key.
+
+`<cache>/responses.jsonl` holds one record per line (`cache_record`). `CacheWriter` is its one writer: a record is
+written with one `os.write` on an O_APPEND descriptor as soon as its response arrives and fsynced soon after (group
+commit), so a process killed even by `kill -9` loses only responses that had not fully arrived. A half-written last
+line (a killed writer) is skipped by the readers and cut before the next append. Failures are never cached: they go
+to `<cache>/errors.jsonl` (a log) and the next run asks for them again.
+
+Reading: `ResponseCache.read_columns` gives the fields the traces need as one Arrow table (C++ JSON reader; records
+it cannot type are read line by line into the same table), `ResponseCache.load` gives whole records by key. When a
+key occurs twice, the last record wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mmap
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.json as pa_json
+from filelock import FileLock, Timeout
+
+from medr1_data import Medr1Error
+from medr1_data.teacher.prices import USAGE_TYPE, clean_usage
+from medr1_data.teacher.settings import TeacherSettings
+
+CACHE_FILE = "responses.jsonl"
+ERRORS_FILE = "errors.jsonl"
+MESSAGE_TYPE = pa.struct([("content", pa.string()), ("reasoning_content", pa.string()), ("reasoning", pa.string())])
+CACHE_COLUMNS = pa.schema(
+    [
+        ("key", pa.string()),
+        ("model", pa.string()),
+        ("template", pa.string()),
+        ("finish_reason", pa.string()),
+        ("latency_s", pa.float64()),
+        ("message", MESSAGE_TYPE),
+        ("usage", USAGE_TYPE),
+    ]
+)
+
+
+def loads_json(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)  # orjson is stricter (lone surrogate escapes); json decides
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One cache line: sorted keys, UTF-8, newline-terminated."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS) + b"\n"
+    except TypeError:  # a string orjson will not encode (lone surrogates): json escapes it
+        return json.dumps(record, sort_keys=True).encode("ascii") + b"\n"
+
+
+def cache_record(
+    key: str,
+    teacher: TeacherSettings,
+    sample_idx: int,
+    message: dict[str, Any],
+    finish_reason: str,
+    usage: dict[str, int],
+    latency_s: float | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The cache line for one successful response (`extra`: more fields, e.g. the server's response id)."""
+    return {
+        "key": key,
+        "model": teacher.model,
+        "template": teacher.template,
+        "sample_idx": sample_idx,
+        "message": message,
+        "finish_reason": finish_reason,
+        "usage": usage,
+        "latency_s": latency_s,
+        **extra,
+    }
+
+
+def drop_partial_tail(path: Path) -> None:
+    """Cut a half-written last line (a writer killed mid-record) so that appended records start on a fresh line."""
+    with path.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        block = min(size, 1 << 20)
+        while True:
+            f.seek(size - block)
+            cut = f.read(block).rfind(b"\n")
+            if cut >= 0:
+                f.truncate(size - block + cut + 1)
+                return
+            if block == size:
+                f.truncate(0)
+                return
+            block = min(size, block * 2)
+
+
+class ResponseCache:
+    """The cache folder of one teacher: `responses.jsonl` and the `errors.jsonl` log."""
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / CACHE_FILE
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every complete record in file order; a half-written last line is skipped, any other bad line raises."""
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as f:
+            for n, line in enumerate(f, start=1):
+                try:
+                    rec = loads_json(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    if line.endswith(b"\n"):
+                        raise Medr1Error(f"{self.path}: line {n} is not a cache record") from None
+                    continue
+                if not isinstance(rec, dict) or "key" not in rec:
+                    raise Medr1Error(f"{self.path}: line {n} is not a cache record")
+                yield rec
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Every complete record by key (the last one of a key wins)."""
+        return {rec["key"]: rec for rec in self.records()}
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records durably (written, then fsynced once) so that a paid response survives a crash."""
+        writer = CacheWriter(self)
+        try:
+            for rec in records:
+                writer.put(rec)
+        finally:
+            writer.close()
+
+    def read_columns(self) -> pa.Table:
+        """The fields of every complete record that the traces need (`CACHE_COLUMNS`), in file order."""
+        table = read_fast(self.path)
+        if table is not None:
+            return table
+        rows = [_columns_of(rec) for rec in self.records()]
+        return pa.Table.from_pylist(rows, schema=CACHE_COLUMNS)
+
+
+def lock_cache(cache: ResponseCache) -> FileLock:
+    """An exclusive lock on the cache folder (released with `.release()`): two runs never ask for the same keys."""
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(cache.folder / ".lock", timeout=0, thread_local=False, is_singleton=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise Medr1Error(f"{cache.folder}: another distill run is using this cache") from None
+    return lock
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _columns_of(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record's `CACHE_COLUMNS` fields, each of its type or None."""
+    msg = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+    latency = rec.get("latency_s")
+    return {
+        "key": str(rec["key"]),
+        "model": _text(rec.get("model")),
+        "template": _text(rec.get("template")),
+        "finish_reason": _text(rec.get("finish_reason")),
+        "latency_s": float(latency) if isinstance(latency, int | float) and not isinstance(latency, bool) else None,
+        "message": {k: _text(msg.get(k)) for k in ("content", "reasoning_content", "reasoning")},
+        "usage": clean_usage(rec.get("usage")),
+    }
+
+
+def read_fast(path: Path) -> pa.Table | None:
+    """`read_columns` in C++ (no Python object per record); None when a record does not fit `CACHE_COLUMNS`'s
+    types (the caller then reads the records one by one). A half-written last line is left out."""
+    if not path.exists() or path.stat().st_size == 0:
+        return CACHE_COLUMNS.empty_table()
+    options = {
+        "read_options": pa_json.ReadOptions(block_size=16 << 20),
+        "parse_options": pa_json.ParseOptions(explicit_schema=CACHE_COLUMNS, unexpected_field_behavior="ignore"),
+    }
+    errors = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        complete = f.read(1) == b"\n"
+    if complete:  # streamed from the file in blocks: the file's pages are not mapped into this process
+        try:
+            return pa_json.read_json(path, **options)
+        except errors:
+            return None
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        end = mm.rfind(b"\n") + 1
+        if end == 0:
+            return CACHE_COLUMNS.empty_table()
+        view = memoryview(mm)
+        try:
+            return pa_json.read_json(pa.BufferReader(pa.py_buffer(view[:end])), **options).combine_chunks()
+        except errors:
+            return None
+        finally:
+            view.release()
+
+
+class CacheWriter:
+    """The one writer of the cache file: each record is appended the moment its response arrives.
+
+    The write (one `os.write` on an O_APPEND descriptor, microseconds) happens on the event loop, so a record is in
+    the kernel before the next response is handled and survives the process being killed, even by `kill -9`. The
+    fsync, which makes it survive a power loss or an OS crash too, runs in a worker thread as group commit: every
+    record written while one fsync runs (or in the 50 ms after it) is covered by the next, so the loop never waits
+    on the disk and a busy run fsyncs at most 20 times a second.
+    """
+
+    FSYNC_INTERVAL_S = 0.05
+
+    def __init__(self, cache: ResponseCache) -> None:
+        cache.folder.mkdir(parents=True, exist_ok=True)
+        if cache.path.exists():
+            drop_partial_tail(cache.path)
+        self._fd = os.open(cache.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._dirty = 0  # records written since the last fsync
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Future | None = None
+        self._closing = False
+        self.batches = 0  # fsyncs
+        self.records = 0
+
+    def start_group_commit(self) -> None:
+        """fsync in a worker thread from now on (call inside the event loop that calls `put`)."""
+        self._wake = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run())
+
+    def put(self, record: dict[str, Any]) -> None:
+        """Write one record's line; it is durable after the next fsync (`close`, or the group commit)."""
+        view = memoryview(encode_record(record))
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._dirty += 1
+        self.records += 1
+        if self._wake is not None:
+            self._wake.set()
+
+    def _fsync(self) -> None:
+        os.fsync(self._fd)
+        self.batches += 1
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            if self._dirty:
+                self._dirty = 0
+                await asyncio.to_thread(self._fsync)
+                if not self._closing:
+                    await asyncio.sleep(self.FSYNC_INTERVAL_S)  # records arriving meanwhile share the next fsync
+            elif self._closing:
+                return
+            else:  # nothing can run between the checks above and this clear: no wake-up is lost
+                self._wake.clear()
+                await self._wake.wait()
+
+    def close(self) -> None:
+        """fsync what is not yet durable and close the file."""
+        if self._dirty:
+            self._dirty = 0
+            self._fsync()
+        os.close(self._fd)
+
+    async def aclose(self) -> None:
+        """Stop the group commit, then `close`."""
+        self._closing = True
+        if self._wake is None or self._task is None:
+            return self.close()
+        self._wake.set()
+        try:
+            await asyncio.shield(self._task)
+        finally:
+            if not self._task.done():  # cancelled while an fsync was in the thread: let it finish first
+                await asyncio.wait([self._task], timeout=30)
+            self.close()

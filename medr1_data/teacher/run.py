@@ -1,0 +1,191 @@
+"""The distill stage: plan the requests, fetch what the cache lacks under the cache's lock, assemble the traces.
+
+What is guaranteed: a response that arrived and was written to the cache is never requested again (its key is in
+the file, and the next run skips it); two runs never share a cache at once (a file lock). What is not: a request
+that timed out or whose connection broke may have been billed by the provider and is retried, and a response that
+arrived while the process was being killed, before its line was written, is requested again. The requests that may
+have been paid twice are among those `RunStats.retries` counts as `timeout` and `connection_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from medr1_data import Medr1Error
+from medr1_data.progress import LiveLine
+from medr1_data.teacher.cache import CacheWriter, ResponseCache, lock_cache
+from medr1_data.teacher.client import Fatal, RunStats, TeacherClient, api_key, progress_line
+from medr1_data.teacher.plan import Job, missing_jobs, plan_requests
+from medr1_data.teacher.settings import TeacherSettings
+from medr1_data.teacher.traces import assemble
+
+
+@dataclass
+class DistillResult:
+    """The traces table (one row per (id, sample_idx); failed requests have `error`) and the run's counters."""
+
+    table: pa.Table
+    stats: RunStats
+    missing: int
+    first_missing: tuple[str, int] | None = None
+
+    def summary(self) -> list[tuple[str, str]]:
+        """(what, value) rows for the final summary."""
+        st = self.stats
+        rows = [
+            ("rows (question x sample)", str(self.table.num_rows)),
+            ("distinct requests", str(st.total)),
+            ("served from the cache", str(st.cached_before)),
+            ("fetched now", str(st.fetched)),
+            ("still missing", str(self.missing)),
+        ]
+        rows += [(f"  failed: {k}", str(v)) for k, v in sorted(st.failures.items())]
+        rows += [(f"  retried: {k}", str(v)) for k, v in sorted(st.retries.items())]
+        if st.to_fetch:
+            rate = st.fetched / st.seconds if st.seconds else 0.0
+            rows += [
+                ("prompt tokens (this run)", str(st.prompt_tokens)),
+                ("completion tokens (this run)", str(st.completion_tokens)),
+                ("cost this run (USD)", f"{st.cost_usd:.4f}"),
+                ("wall time", f"{st.seconds:.1f}s ({rate:.1f} req/s)"),
+            ]
+        cost = self.table.column("cost_usd")
+        rows.append(("cost of all rows (USD)", f"{(pc.sum(cost).as_py() or 0.0):.4f}"))
+        if st.stopped:
+            rows.append(("stopped early", st.stopped))
+        return rows
+
+
+def run_distill(
+    table: pa.Table,
+    teacher: TeacherSettings,
+    *,
+    quiet: bool = False,
+    progress_stream: IO[str] | None = None,
+    progress_interval: float | None = None,
+) -> DistillResult:
+    """Fetch what the cache lacks (unless `offline`), then one row per (question, sample) with `error` where the
+    request still failed. Progress goes to `progress_stream` (stderr by default) unless `quiet`."""
+    teacher.check()
+    plan = plan_requests(table, teacher)
+    cache = ResponseCache(teacher.cache)
+    columns = cache.read_columns()
+    jobs = missing_jobs(table, plan, set(columns.column("key").to_pylist()))
+    stats = RunStats(total=len({k for _, _, k in plan.requests}), to_fetch=len(jobs))
+    stats.cached_before = stats.total - stats.to_fetch
+    errors: dict[str, str] = {}
+    if jobs and not teacher.offline:
+        del columns
+        errors = _fetch(jobs, teacher, stats, None if quiet else (progress_stream or sys.stderr), progress_interval)
+        columns = cache.read_columns()  # the new responses are in the file now
+    elif jobs:
+        errors = {j.key: "not in the cache (offline)" for j in jobs}
+    holder = [columns]
+    del columns
+    done = assemble(table, plan, holder, errors, teacher)
+    return DistillResult(done.table, stats, done.missing, done.first_missing)
+
+
+def _fetch(
+    jobs: list[Job], teacher: TeacherSettings, stats: RunStats, stream: IO[str] | None, interval: float | None
+) -> dict[str, str]:
+    """Request the jobs; the reason each key that did not arrive is missing."""
+    if teacher.endpoint == "recorded":
+        raise Medr1Error("teacher endpoint 'recorded' only serves the cache: set offline: true")
+    teacher.url(), api_key(teacher)  # fail before anything is created or sent
+    progress = LiveLine(stream, lambda: progress_line(stats), interval, log_off_tty=True) if stream else None
+    try:
+        errors, fetched = _run_coroutine(_fetch_missing(jobs, teacher, stats, progress))
+    except asyncio.CancelledError:  # SIGTERM: what succeeded is in the cache
+        raise KeyboardInterrupt from None
+    finally:
+        stats.seconds = time.monotonic() - stats.started
+    stopped = stats.stopped
+    for job in jobs:
+        if job.key not in fetched and job.key not in errors:
+            errors[job.key] = f"not requested: the run stopped ({stopped})" if stopped else "not requested"
+    return errors
+
+
+async def _fetch_missing(
+    jobs: list[Job], teacher: TeacherSettings, stats: RunStats, progress: LiveLine | None
+) -> tuple[dict[str, str], set[str]]:
+    """Request every job under the cache's lock; every success is in the cache file when this returns.
+
+    Returns the final error of each failed key and the keys fetched."""
+    cache = ResponseCache(teacher.cache)
+    lock = lock_cache(cache)
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # SIGTERM stops as Ctrl-C does
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+    try:
+        writer = CacheWriter(cache)
+        writer.start_group_commit()
+        client = None
+        try:
+            client = TeacherClient(teacher, stats, writer, teacher.price())
+            if progress is not None:
+                progress.start()
+            try:
+                await client.run(jobs)
+            except Fatal as e:
+                stats.stopped = str(e)
+        finally:
+            if progress is not None:
+                progress.stop()
+                progress.write(progress_line(stats))
+            await writer.aclose()
+            stats.cache_batches = writer.batches
+            if client is not None:
+                client.write_error_log(cache.folder)
+        return client.errors, client.fetched
+    finally:
+        lock.release()
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """asyncio.run, or asyncio.run in a helper thread when this thread already runs a loop (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def distill(table: pa.Table, teacher: TeacherSettings, *, quiet: bool = False) -> pa.Table:
+    """One row per (question, sample): the question's columns plus the teacher's trace.
+
+    With `offline: true` every response must be in the cache. Otherwise the missing ones are requested from the
+    teacher first; a run that still leaves some missing raises Medr1Error naming how many (rerun to retry them).
+    """
+    result = run_distill(table, teacher, quiet=quiet)
+    if result.missing:
+        first, sample = result.first_missing
+        total = result.table.num_rows
+        if teacher.offline:
+            raise Medr1Error(
+                f"{teacher.cache}: {result.missing} of {total} teacher responses are not in the cache "
+                f"(first: {first} sample {sample}); this build runs offline from recorded responses"
+            )
+        stopped = f"; stopped early: {result.stats.stopped}" if result.stats.stopped else ""
+        raise Medr1Error(
+            f"{teacher.cache}: {result.missing} of {total} teacher responses are still missing after the run "
+            f"(first: {first} sample {sample}: {_first_error(result.table)}){stopped}; rerun to request them again"
+        )
+    return result.table
+
+
+def _first_error(table: pa.Table) -> str:
+    errs = table.column("error").drop_null()
+    return errs[0].as_py() if len(errs) else "?"
