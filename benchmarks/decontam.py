@@ -1,16 +1,22 @@
-"""Decontamination: MedR1's method against an open-r1-style 8-gram check and an m1-style rapidfuzz ratio >= 95 check.
+"""Decontamination out of sample: MedR1's method against an open-r1-style 8-gram check and an m1-style ratio check.
 
 Usage: python benchmarks/decontam.py [--rows 170000] [--contaminated 0.02] [--m1-sample 9000] [--data ../shared/data]
 
-Builds `--rows` generated training rows: `--contaminated` of them are disguised copies of real test items (the nine
-kinds of tests/disguise.py, equal shares), the rest clean MCQ-like rows recombined from the sentences and options of
-the clean hard negatives (MedXpertQA and MedExpQA minus the 77 rows that really overlap MedQA), numbers perturbed.
-They are checked against the four benchmark test sets present in ../shared/data (medqa_us_test, medmcqa_val,
-pubmedqa_test, mmlu_medical_test: 7,045 items; HEAD-QA's ~2.7K English test items are not in the shared data).
-Each method runs in its own child process (same data file, same machine), so its wall time and peak RSS are its own.
-The m1-style check runs on a sample (`--m1-sample` rows: every kind equally, plus clean rows) and its time is
-extrapolated linearly to all rows. A second table times MedR1's method on 20K, 85K and 170K rows and, for the
-growth with benchmark items, against a random quarter and half of each benchmark's items (all 170K rows).
+One file of `--rows` training rows, checked against the four benchmark test sets in ../shared/data (medqa_us_test,
+medmcqa_val, pubmedqa_test, mmlu_medical_test: 7,045 items; HEAD-QA's test file is not in the shared data):
+- `--contaminated` of the rows are disguised copies of real test items, equal shares of the eleven kinds of
+  tests/disguise.py (`new_options` takes its options from the tuning negatives);
+- every real row of `tests.disguise.real_sets`: the clean hard negatives (real medical MCQs that are no test item)
+  and the real positives (rows of other data sets that really copy a test item);
+- the rest are clean rows recombined from the sentences and options of the real negatives (numbers perturbed),
+  half from the tuning negatives and half from the held-out ones.
+Everything is split into a tuning part (the kinds and negatives `DecontamSettings` was tuned on) and a held-out part
+(only reported): one table each, all columns: recall per disguise kind, the false-positive rate on the real and on
+the generated clean rows, and the recall on the real positives. Each method runs on the whole file in its own child
+process, so its wall time and peak RSS are its own. The m1-style check runs on a sample (`--m1-sample` rows: every
+kind equally, every real row, then generated clean rows), its time extrapolated linearly to all rows. A third table
+times MedR1's method on 20K, 85K and 170K rows and, for the growth with benchmark items, against a random quarter
+and half of each benchmark's items (all rows).
 """
 
 from __future__ import annotations
@@ -32,39 +38,71 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.disguise import KINDS, common_words, disguised_rows, load_sets, recombine  # noqa: E402
+from tests.disguise import (  # noqa: E402
+    HELDOUT_KINDS,
+    HELDOUT_NEGATIVES,
+    TUNING_KINDS,
+    TUNING_NEGATIVES,
+    common_words,
+    disguised_rows,
+    load_sets,
+    real_sets,
+    recombine,
+)
 
-KIND_COLS = [*KINDS, "options_unrelated"]
+HELDOUT_POSITIVES = ("mmlu_pro_mmlu",)  # the other real positive sets are tuning ones
+REAL = ("real FP", "gen FP", "real pos")  # columns after the kinds: flagged share of real / generated clean, positives
 
 
 def make_rows(data: Path, rows: int, contaminated: float, seed: int, out: Path) -> None:
-    """Write the generated training rows (with `_kind`, `_bench`, `_item` truth columns) to a Parquet file."""
+    """Write the rows (with `_kind`, `_part`, `_bench`, `_item` truth columns) to a Parquet file."""
     from medr1_data.schema import QUESTION_SCHEMA
 
     targets, negatives = load_sets(data / "benchmarks")
+    neg, pos = real_sets(data)
     common = common_words(
         [r["question"] for _, t in targets for r in t.to_pylist()] + [r["question"] for r in negatives]
     )
-    n_dirty = round(rows * contaminated)
-    per_kind = max(1, n_dirty // len(KIND_COLS))
-    unrelated = [r["question"].split("Answer Choices:")[0].strip() for r in negatives]
-    dirty, truth = disguised_rows(targets, per_kind, seed, common, unrelated=unrelated)
-    clean = recombine(negatives, rows - len(dirty), random.Random(seed))
-    all_rows = dirty + clean
-    truth += [("clean", "", "")] * len(clean)
+    tuning_neg = [r for name in TUNING_NEGATIVES for r in neg[name]]
+    heldout_neg = [r for name in HELDOUT_NEGATIVES for r in neg[name]]
+    kinds = [*TUNING_KINDS, *HELDOUT_KINDS]
+    per_kind = max(1, round(rows * contaminated) // len(kinds))
+    unrelated = [r["question"].split("Answer Choices:")[0].strip() for r in heldout_neg]
+    dirty, truth = disguised_rows(targets, per_kind, seed, common, kinds, unrelated=unrelated, clean=tuning_neg)
+    marks = [(k, "tuning" if k in TUNING_KINDS else "heldout", b, i) for k, b, i in truth]
+    real: list[dict] = []
+    for name, part in [*((n, "tuning") for n in TUNING_NEGATIVES), *((n, "heldout") for n in HELDOUT_NEGATIVES)]:
+        real += neg[name]
+        marks += [("neg", part, "", "")] * len(neg[name])
+    for name, got in pos.items():
+        real += got
+        marks += [("pos", "heldout" if name in HELDOUT_POSITIVES else "tuning", "", "")] * len(got)
+    n_clean = max(0, rows - len(dirty) - len(real))
+    clean = recombine(tuning_neg, n_clean // 2, random.Random(seed), prefix="clean-t")
+    clean += recombine(heldout_neg, n_clean - n_clean // 2, random.Random(seed + 2), prefix="clean-h")
+    marks += [("clean", "tuning", "", "")] * (n_clean // 2) + [("clean", "heldout", "", "")] * (n_clean - n_clean // 2)
+    all_rows = dirty + real + clean
     order = list(range(len(all_rows)))
     random.Random(seed + 1).shuffle(order)
     table = pa.Table.from_pylist([all_rows[i] for i in order], schema=QUESTION_SCHEMA)
-    for k, name in enumerate(("_kind", "_bench", "_item")):
-        table = table.append_column(name, pa.array([truth[i][k] for i in order], pa.string()))
+    for k, name in enumerate(("_kind", "_part", "_bench", "_item")):
+        table = table.append_column(name, pa.array([marks[i][k] for i in order], pa.string()))
     pq.write_table(table, out)
 
 
-def scores(table: pa.Table, flagged: list[bool]) -> dict[str, float]:
-    """Recall per disguise kind and the false-positive rate on the clean rows."""
-    kinds = table.column("_kind").to_pylist()
-    total, hit = Counter(kinds), Counter(k for k, f in zip(kinds, flagged, strict=True) if f)
-    return {k: hit[k] / total[k] for k in total}
+def scores(table: pa.Table, flagged: list[bool]) -> dict[str, dict[str, float]]:
+    """Per part: recall per disguise kind, FP rate on real and generated clean rows, recall on real positives."""
+    column = {"neg": "real FP", "clean": "gen FP", "pos": "real pos"}
+    keys = [
+        (part, column.get(kind, kind))
+        for kind, part in zip(table.column("_kind").to_pylist(), table.column("_part").to_pylist(), strict=True)
+    ]
+    total, hit = Counter(keys), Counter(k for k, f in zip(keys, flagged, strict=True) if f)
+    out: dict[str, dict[str, float]] = {"tuning": {}, "heldout": {}}
+    for part, col in total:
+        out[part][col] = hit[(part, col)] / total[(part, col)]
+        out[part][f"n {col}"] = total[(part, col)]
+    return out
 
 
 def openr1_flags(table: pa.Table, benchmarks: list[tuple[str, pa.Table]], n: int = 8) -> list[bool]:
@@ -97,16 +135,11 @@ def m1_flags(table: pa.Table, benchmarks: list[tuple[str, pa.Table]]) -> list[bo
 
 
 def m1_sample(table: pa.Table, size: int, seed: int) -> pa.Table:
-    """Equal numbers of each disguise kind and the rest clean rows, for the m1-style check."""
+    """Every disguised and real row (they are a few thousand), then generated clean rows up to `size`."""
     kinds = table.column("_kind").to_pylist()
-    rng = random.Random(seed)
-    per = max(1, size // (2 * len(KIND_COLS)))
-    picked = []
-    for kind in KIND_COLS:
-        idx = [i for i, k in enumerate(kinds) if k == kind]
-        picked += rng.sample(idx, min(per, len(idx)))
+    picked = [i for i, k in enumerate(kinds) if k != "clean"]
     clean = [i for i, k in enumerate(kinds) if k == "clean"]
-    picked += rng.sample(clean, min(size - len(picked), len(clean)))
+    picked += random.Random(seed).sample(clean, max(0, min(size - len(picked), len(clean))))
     return table.take(sorted(picked))
 
 
@@ -146,7 +179,7 @@ def child(args: argparse.Namespace) -> None:
         "checked": measured.num_rows,
         "wall_s": wall,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-        "recall": scores(measured, flagged),
+        "scores": scores(measured, flagged),
     }
     print(json.dumps(result))
 
@@ -175,12 +208,29 @@ SHORT = {
     "truncated": "trunc",
     "reordered": "reord",
     "synonyms": "syn",
+    "new_options": "newop",
     "options_unrelated": "opts*",
 }
 
 
+def print_part(results: list[dict], part: str, kinds: tuple[str, ...], title: str) -> None:
+    """One table: a line per method with its recall per kind, FP rates and recall on the real positives."""
+    print(title)
+    sizes = results[0]["scores"][part]
+    head = f"{'method':42} {'wall s':>7} {'peak RSS':>9} " + " ".join(f"{SHORT[k]:>6}" for k in kinds)
+    print(head + " " + " ".join(f"{c:>9}" for c in REAL))
+    for r in results:
+        got = r["scores"][part]
+        line = f"{LABELS[r['method']]:42} {r['wall_s']:>7.1f} {r['peak_rss_gb']:>7.2f}GB "
+        line += " ".join(f"{got.get(k, float('nan')):>6.3f}" for k in kinds)
+        print(line + " " + " ".join(f"{got.get(c, float('nan')):>9.5f}" for c in REAL))
+    counts = ", ".join(f"{c} {sizes.get(f'n {c}', 0):,}" for c in REAL)
+    print(f"(MedR1 and open-r1 rows per column: each kind {sizes.get(f'n {kinds[0]}', 0)}, {counts})")
+    print()
+
+
 def main() -> None:
-    """Generate the rows, run every method in its own process, print the two tables."""
+    """Generate the rows, run every method in its own process, print the three tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=170_000)
     p.add_argument("--contaminated", type=float, default=0.02)
@@ -191,6 +241,7 @@ def main() -> None:
     p.add_argument("--file", type=Path)
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--item-fraction", type=float, default=1.0)
+    p.add_argument("--no-growth", action="store_true", help="skip the time-against-rows-and-items table")
     args = p.parse_args()
     if args.method:
         child(args)
@@ -201,28 +252,25 @@ def main() -> None:
         make_rows(args.data, args.rows, args.contaminated, args.seed, file)
         print(f"generated {args.rows} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         results = [run_child(args, file, m) for m in ("medr1", "openr1", "m1")]
-        growth = [run_child(args, file, "medr1", limit=n) for n in (20_000, 85_000) if n < args.rows]
-        growth.append(results[0])
-        growth += [run_child(args, file, "medr1", item_fraction=f) for f in (0.25, 0.5)]
-    head = f"{'method':42} {'rows':>7} {'items':>6} {'wall s':>8} {'peak RSS':>9} "
-    head += " ".join(f"{SHORT[k]:>5}" for k in KIND_COLS) + f" {'FP rate':>8}"
-    print("Recall per disguise kind (opts* = options with an unrelated stem, informative) and FP rate on clean rows")
-    print(head)
-    for r in results:
-        rec = r["recall"]
-        line = (
-            f"{LABELS[r['method']]:42} {r['rows']:>7} {r['items']:>6} {r['wall_s']:>8.1f} {r['peak_rss_gb']:>7.2f}GB "
-        )
-        line += " ".join(f"{rec.get(k, float('nan')):>5.3f}" for k in KIND_COLS)
-        print(line + f" {rec.get('clean', float('nan')):>8.5f}")
+        growth = []
+        if not args.no_growth:
+            growth = [run_child(args, file, "medr1", limit=n) for n in (20_000, 85_000) if n < args.rows]
+            growth.append(results[0])
+            growth += [run_child(args, file, "medr1", item_fraction=f) for f in (0.25, 0.5)]
+    print(f"{results[0]['rows']:,} rows against {results[0]['items']:,} benchmark items; wall time and peak RSS of")
+    print("the whole run (both parts); opts* = options under an unrelated stem, informative (no target)")
+    print()
+    print_part(results, "tuning", TUNING_KINDS, "Tuning part (DecontamSettings was tuned on these)")
+    print_part(results, "heldout", HELDOUT_KINDS, "Held-out part (only reported)")
     m1 = results[2]
     print(f"(m1: {m1['checked']} rows checked, wall time extrapolated x{m1['rows'] / m1['checked']:.0f})")
-    print()
-    print("MedR1's method: time against rows and benchmark items")
-    print(f"{'rows':>7} {'items':>6} {'wall s':>8} {'peak RSS':>9} {'rows/s':>8}")
-    for r in growth:
-        rate = r["rows"] / r["wall_s"]
-        print(f"{r['rows']:>7} {r['items']:>6} {r['wall_s']:>8.1f} {r['peak_rss_gb']:>7.2f}GB {rate:>8,.0f}")
+    if growth:
+        print()
+        print("MedR1's method: time against rows and benchmark items")
+        print(f"{'rows':>7} {'items':>6} {'wall s':>8} {'peak RSS':>9} {'rows/s':>8}")
+        for r in growth:
+            rate = r["rows"] / r["wall_s"]
+            print(f"{r['rows']:>7} {r['items']:>6} {r['wall_s']:>8.1f} {r['peak_rss_gb']:>7.2f}GB {rate:>8,.0f}")
 
 
 if __name__ == "__main__":

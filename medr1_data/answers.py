@@ -1,4 +1,4 @@
-"""The one answer extractor: the option a response committed to last, shared by verification and the eval tasks."""
+"""The one answer extractor: the option a response committed to last, shared by verification, scoring and eval tasks."""
 
 from __future__ import annotations
 
@@ -6,15 +6,132 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+# Every number the extractor uses, in one place. Measured on tests/fixtures/answers/ (`python benchmarks/answers.py`).
+REASONING_TAIL_CHARS = 2000  # the reasoning fallback reads only the end of the thinking
+HEAD_GAP_CHARS = 60  # "the most likely <up to 60 characters> is X": how far a committing adjective may be from "is"
+TARGET_CHARS = 200  # what follows "the answer is" is compared with option texts over at most 200 characters
+CONTENT_CHARS = 200  # an <answer> tag is read up to 200 characters when it is never closed
+LIST_GAP_LINES = 2  # lines of one option list may be separated by at most 2 other non-blank lines
+LIST_MIN_OPTIONS = 2  # lines naming at least 2 different options at their start make an option list
+NEGATION_CHARS = 16  # an option mention this close after "not", "than", "except", ... is not a conclusion
+SOLE_MAX_SENTENCES = 3  # a short answer (at most 3 sentences) that names one option and no other commits to it
+BARE_STRIP = "*_()[]. :"  # what may surround a label given alone ("**C**", "(C).")
+# Rules that decide "no answer" on purpose: verification does not fall back to the reasoning after them.
+NO_FALLBACK = frozenset({"multiple_labels", "hedge"})
+HEDGE = "\x00hedge"  # a committing sentence that names two options ("the answer is B or C")
+
+MULTIPLE = re.compile(r"^[\s*(\[]*[A-Z][)\]]?(?:\s*(?:,|/|&|\band\b|\bor\b)\s*[(\[]?[A-Z][)\]]?)+[\s.*]*$")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 CUE = re.compile(
     r"\b(thus|therefore|hence|so|answer|correct|best|most (?:likely|appropriate|probable|consistent|accurate)|"
     r"diagnosis is|fits)\b",
     re.IGNORECASE,
 )
-MULTIPLE = re.compile(r"^[\s*(\[]*[A-Z][)\]]?(?:\s*(?:,|/|&|\band\b|\bor\b)\s*[(\[]?[A-Z][)\]]?)+[\s.*]*$")
-REASONING_TAIL_CHARS = 2000  # the reasoning fallback reads only the end of the thinking
-BARE_STRIP = "*_()[]. :"  # what may surround a label given alone ("**C**", "(C).")
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# Thinking a response may carry inline: (opening, closing). Text before the last closing is not the answer; an
+# opening that never closed means the model has not answered yet.
+THINKING = (("<think>", "</think>"), ("<|im_start|>think", "<|im_start|>answer"), ("<unused94>", "<unused95>"))
+HUATUO = re.compile(r"^#{1,3}\s*(Thinking|Final Response)\s*$", re.MULTILINE | re.IGNORECASE)  # HuatuoGPT-o1
+
+_ADJ = (
+    r"(?:most\s+(?:likely|appropriate|probable|consistent|accurate|suitable|effective|sensitive|specific)"
+    r"|best|likeliest|correct|right|preferred|final)"
+)
+_VERB = r"(?:is|would\s+be|should\s+be|will\s+be|must\s+be|seems\s+to\s+be)"
+_COLON = r"(?P<colon>[:：=\-–—])"
+# Committing heads, each followed by what it commits to; `text` says whether an option's text may follow.
+HEADS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
+    (
+        "answer_is",
+        re.compile(
+            rf"(?i)(?:\b(?:(?:{_ADJ}|my)\s+)?(?:answer\b|ans\b\.?)(?:\s+(?:here|then|now|to\s+(?:the|this)\s+question))?"
+            rf"|\b(?:correct|best|right|final)\s+(?:option|choice))(?:\s+{_VERB})?\s*{_COLON}?"
+        ),
+        True,
+    ),
+    (
+        "committing_sentence",
+        re.compile(
+            rf"(?i)(?:\b{_ADJ}\b[^.\n;:!?]{{0,{HEAD_GAP_CHARS}}}?\b{_VERB}"
+            r"|\b(?:diagnosis|next\s+step|treatment|management|mechanism|pattern|drug\s+of\s+choice)\b"
+            rf"[^.\n;:!?]{{0,{HEAD_GAP_CHARS}}}?\b(?:is|would\s+be))\s*{_COLON}?"
+        ),
+        True,
+    ),
+    (
+        "commit_verb",
+        re.compile(
+            r"(?i)\b(?:I(?:'d|’d|'ll|’ll|\s+would|\s+will)?\s+(?:choose|pick|select|go\s+with|opt\s+for)"
+            r"|(?:going|go)\s+with|choose|select|pick)\b\s*(?P<colon>:)?"
+        ),
+        True,
+    ),
+    ("commit_verb", re.compile(r"(?i)\bit(?:'s|’s|\s+is|\s+must\s+be|\s+would\s+be)\b\s*(?P<colon>:)?"), False),
+    (
+        "cjk_answer",
+        re.compile(r"(?:(?:正确)?(?:答案|选项)\s*(?:是|为|為|应为|應為)?|(?:故|因此|应)选)\s*(?P<colon>[:：])?"),
+        False,
+    ),
+)
+TARGET = re.compile(
+    r"[\s*_`]*(?:(?i:option|choice)\s*)?(?P<open>[(\['‘\"“]?)\s*(?P<x>[A-Za-z])(?P<close>[)\]'’\"”]?)"
+    r"(?![A-Za-z0-9-])(?!['’][A-Za-z])"
+)
+EITHER = re.compile(r"[\s*_]*(?i:either)\b")
+# "A patient with ..." (an article) and "I think ..." (the pronoun) are no labels; "A because ..." is one.
+ARTICLE_AFTER = {
+    "A": re.compile(r"\s+(?!(?:because|since|as|and|or|is|in|given|here|for|which|was|would|seems|are)\b)(?:\d|[a-z])"),
+    "I": re.compile(r"\s+(?!(?:because|since|as|and|or|is|given)\b)[a-z]"),
+}
+WORD_TARGET = re.compile(r"[\s*_`\"']*(yes|no|maybe)\b", re.IGNORECASE)
+LOWER_END = re.compile(r"\s*(?:$|[.,;:!?)\n*]|i\.e\.)")
+HEDGE_TAIL = re.compile(
+    r"[)\]*\s]*(?:,|/|&|\bor\b|\band\b|\bvs\.?|\bversus\b)\s*(?:(?i:option|choice)\s*)?(?P<open>[(\['*]*)\s*"
+    r"(?P<y>[A-Za-z])(?![A-Za-z0-9-])"
+)
+NEG_TAIL = re.compile(
+    r"[)\]*\s]*(?:is|are|would\s+be|seems|can\s+be)\s+(?:not\b|incorrect|wrong|unlikely|less\b|inappropriate"
+    r"|excluded|ruled\s+out|eliminated)",
+    re.IGNORECASE,
+)
+TEXT_LEAD = re.compile(r"[\s*_`\"']*(?:(?i:a|an|the)\s+)?")
+OR_TAIL = re.compile(r"[\s*_]*(?:,|/|\bor\b|\band\b|\bvs\b\.?|\bversus\b)\s*(?:(?:a|an|the)\s+)?", re.IGNORECASE)
+WORD_AFTER = re.compile(r"(?=[\s*_\"'”’)]*(?:[.,;:!?\n]|$|\s(?:because|since|as|given)\b))")
+IS_CORRECT = re.compile(
+    r"[*_]*\s+(?:is|would\s+be|seems\s+to\s+be)\s+(?:the\s+)?(?:(?:correct|right|best)\b|most\s+(?:likely|appropriate|"
+    r"probable)\b|answer\b)",
+    re.IGNORECASE,
+)
+LABEL_BEFORE = re.compile(
+    r"(?:^|[\n.!?:;,(\[*]\s*|\b(?i:option|choice|answer|so|thus|hence|therefore|then|and|but|that)\s+)"
+    r"(?:(?i:option|choice)\s+)?[(\[]?(?P<x>[A-Z])[)\]]?[*_]*$"
+)
+PAREN_LABEL_END = re.compile(r"\s*\((?:(?i:option|choice)\s+)?(?P<x>[A-Z])\)[*_]*$")
+LIST_LINE = re.compile(
+    r"^[ \t>]*(?:[-*•+]\s*)?(?:\*\*|__)?\s*(?:(?i:option|choice)\s+)?[(\[]?(?P<x>[A-Z])\s*[.):\]]"
+    r"(?:\*\*|__)?(?:\s|$)(?P<rest>.*)$"
+)
+LINE_LABEL = re.compile(
+    r"^[\s*_#>]*(?:(?i:answer|option|choice)\s*[:：]?\s*)?[*_(\[]*(?P<x>[A-Z])\s*[.):\]\-]\s*(?P<rest>.*)$"
+)
+BARE_LINE = re.compile(r"^[\s*_#>(\[]*(?:(?i:answer)\s*[:：]?\s*)?[*_(\[]*(?P<x>[A-Z])[)\].:]?[*_\s]*$")
+VERDICT = re.compile(
+    r"^[\s:.\-–—*(]*(?:correct|right|true|✓|✔)\b(?!-)|\b(?:this\s+is|is)\s+the\s+(?:correct|right|best)\s+"
+    r"(?:answer|option|choice)\b|\(correct\)",
+    re.IGNORECASE,
+)
+WORD_START = re.compile(r"^[\s*_>#]*(?P<w>yes|no|maybe)\b[*_]*\s*(?:[,.;:!—–-]|$)", re.IGNORECASE)
+MENTION = re.compile(
+    r"(?i:option|choice)\s+(?:\(|\*\*)?(?P<x>[A-Z])\b|\((?P<y>[A-Z])\)|\*\*(?P<z>[A-Z])(?:[.):]\s[^*\n]*)?\*\*"
+)
+NEGATION = re.compile(r"\b(?:not|n't|than|except|excluding|exclude|rule\s+out|ruled\s+out|unlike|nor)\b", re.I)
+UNSURE = re.compile(
+    r"\b(?:not|no|never|neither|nor|may|might|could|possibl\w*|perhaps|consider\w*|unclear|unsure|uncertain|cannot"
+    r"|can't|depend\w*|need\w*|either|both|or|unless|if|whether|exclud\w*|ruled?\s+out|unlikely|less|vs|versus)\b",
+    re.IGNORECASE,
+)
+BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
+ANSWER_TAG = re.compile(rf"<answer>((?:(?!</answer>).){{0,{CONTENT_CHARS}}})(?:</answer>|$)", re.DOTALL)
+LATEX = re.compile(r"\\(?:text(?:bf|it|rm)?|mathrm|mathbf|textsf)\s*\{([^{}]*)\}")
 
 
 class Extraction(NamedTuple):
@@ -25,18 +142,8 @@ class Extraction(NamedTuple):
     where: str
 
 
-def _option_pairs(options: Sequence[Any]) -> list[tuple[str, str]]:
-    out = []
-    for o in options:
-        if isinstance(o, dict):
-            out.append((str(o["label"]), str(o["text"])))
-        else:
-            out.append((str(o[0]), str(o[1])))
-    return out
-
-
 def _norm(text: str) -> str:
-    return re.sub(r"[\s*_`.:;!()\[\]\"']+", " ", text).strip().lower()
+    return re.sub(r"[\s*_`.,:;!?()\[\]\"']+", " ", text).strip().lower()
 
 
 def after_thinking(text: str) -> str:
@@ -44,185 +151,305 @@ def after_thinking(text: str) -> str:
     return text.rsplit("</think>", 1)[-1]
 
 
-Rule = tuple[str, re.Pattern[str], "re.Pattern[str] | None"]
-WINDOW = (40, 80)  # a rule with a trigger is searched only from 40 characters before to 80 after each trigger
+def final_part(text: str) -> str:
+    """The answer part of a response: after its inline thinking; empty when a thinking block never closed."""
+    for opening, closing in THINKING:
+        if closing in text:
+            text = text.rsplit(closing, 1)[1]
+        elif opening in text:
+            return ""
+    heads = list(HUATUO.finditer(text))
+    if heads:
+        finals = [m for m in heads if m.group(1).lower().startswith("final")]
+        return text[finals[-1].end() :] if finals else ""
+    return text
 
 
-def _trigger(pattern: str) -> re.Pattern[str]:
-    """A cheap regex over the lowercased text that every match of a slow rule contains."""
-    return re.compile(pattern)
+class _Context:
+    """One response and one option set: labels, option texts, and the text with option lists blanked out."""
+
+    def __init__(self, text: str, options: Sequence[Any]) -> None:
+        pairs = [(str(o["label"]), str(o["text"])) if isinstance(o, dict) else (str(o[0]), str(o[1])) for o in options]
+        self.text = text
+        self.labels = tuple(lab for lab, _ in pairs)
+        self.texts = sorted(((lab, _norm(t)) for lab, t in pairs if _norm(t)), key=lambda p: -len(p[1]))
+        # Word answers (PubMedQA's yes/no/maybe) are accepted in place of a letter when they are option texts.
+        self.by_word = {t.strip().lower(): lab for lab, t in pairs if len(t.split()) == 1 and not t.strip().isupper()}
+        self.list_lines: list[tuple[int, str]] = []  # (line start, line) of every option-list line
+        self.masked = self._mask_lists()
+
+    def _list_label(self, line: str) -> str | None:
+        m = LIST_LINE.match(line)
+        if m and m["x"] in self.labels:
+            return m["x"]
+        n = _norm(line)
+        return next((lab for lab, t in self.texts if n == t), None) if n else None
+
+    def _mask_lists(self) -> str:
+        """The text with every line of an option list (2+ options at line starts, close together) blanked."""
+        lines = self.text.splitlines(keepends=True)
+        starts, pos = [], 0
+        for line in lines:
+            starts.append(pos)
+            pos += len(line)
+        runs: list[list[tuple[int, str]]] = []
+        gap = LIST_GAP_LINES + 1
+        for i, line in enumerate(lines):
+            label = self._list_label(line.rstrip("\r\n"))
+            if label:
+                if gap > LIST_GAP_LINES or not runs:
+                    runs.append([])
+                runs[-1].append((i, label))
+                gap = 0
+            elif line.strip():
+                gap += 1
+        masked = list(lines)
+        for run in runs:
+            if len({label for _, label in run}) >= LIST_MIN_OPTIONS:
+                for i, _ in run:
+                    self.list_lines.append((starts[i], lines[i].rstrip("\r\n")))
+                    masked[i] = re.sub(r"[^\n]", " ", lines[i])
+        return "".join(masked)
+
+    def option_at(self, text: str, pos: int) -> tuple[str | None, int]:
+        """The option whose text starts at `pos` (after an article), and where it ends; HEDGE for "X or Y"."""
+        pos = TEXT_LEAD.match(text, pos).end()  # type: ignore[union-attr]
+        seg = _norm(text[pos : pos + TARGET_CHARS]) + " "
+        for lab, t in self.texts:
+            if seg.startswith(t + " ") and not seg[len(t) + 1 :].startswith("-"):
+                end = pos + _raw_len(text, pos, t)
+                tail = OR_TAIL.match(text, end)
+                if tail and (other := self._text_starting(text, tail.end())) and other != lab:
+                    return HEDGE, end
+                return lab, end
+        return None, pos
+
+    def _text_starting(self, text: str, pos: int) -> str | None:
+        seg = _norm(text[pos : pos + TARGET_CHARS]) + " "
+        return next((lab for lab, t in self.texts if seg.startswith(t + " ")), None)
 
 
-class _Patterns:
-    """Regexes built once per label set (A-D, A-J, ...) and per set of word answers (yes/no/maybe)."""
-
-    def __init__(self, labels: tuple[str, ...], words: bool) -> None:
-        letters = "".join(sorted(set(labels) - {"I"}))
-        # "I" is also the pronoun: "Final answer: I think it is D" must not read as option I.
-        pronoun_i = (
-            r"I(?!\s+(?:think|believe|am|would|will|guess|need|have|had|was|can|should|must|feel|chose|choose"
-            r"|pick|go|agree|suspect)\b)"
-        )
-        letter = rf"(?:[{letters}]|{pronoun_i})" if "I" in labels else rf"[{letters}]"
-        # Any word is captured where word answers exist; `_resolve` keeps only the options' own words.
-        words_alt = r"|(?i:[a-z]{2,20})\b" if words else ""
-        x = rf"(?P<x>{letter}(?![\w'’-]){words_alt})"
-        # Inside an answer tag or a box the writer meant a label, so a lowercase letter counts too.
-        xi = rf"(?P<x>[{''.join(sorted(set(labels)))}](?![\w'’-]){words_alt})"
-        self.explicit: list[Rule] = [
-            ("answer_tag", re.compile(rf"<answer>\s*(?:option\s*)?[*(\[\s]*{xi}", re.IGNORECASE), None),
-            ("boxed", re.compile(rf"\\boxed\{{\s*(?:\\text(?:bf)?\{{)?\s*(?:option\s*)?\(?{xi}", re.IGNORECASE), None),
-        ]
-        self.statement: list[Rule] = [
-            (
-                "answer_is",
-                re.compile(
-                    rf"(?i:\b(?:answer(?:\s+(?:here|then|now))?(?:\s+(?:is|would\s+be|should\s+be|will\s+be|=))?"
-                    rf"|(?:correct|best|right|final)\s+(?:option|choice)(?:\s+is)?))\s*[:：]?\s*[*_\s]*(?i:option\s+|choice\s+)?[(\[]?{x}"
-                ),
-                _trigger(r"answer|option|choice"),
-            ),
-            (
-                "commit_verb",
-                re.compile(
-                    rf"(?i:\b(?:it(?:'s|’s|\s+is|\s+must\s+be|\s+would\s+be)|go(?:ing)?\s+with|choose|select|pick))"
-                    rf"\s+(?i:option\s+|choice\s+)?[(\[*]*{x}"
-                ),
-                _trigger(r"\bit(?:'s|’s|\s+(?:is|must|would))|\bgo(?:ing)?\s+with|\bchoose|\bselect|\bpick"),
-            ),
-            (
-                "is_correct",
-                re.compile(
-                    rf"(?:\*\*)?\(?{x}\)?(?:\*\*)?\s+(?i:(?:is|fits)\s+(?:the\s+)?(?:correct|right|best|answer)(?![\w-]))"
-                ),
-                _trigger(r"\b(?:is|fits)\s+(?:the\s+)?(?:correct|right|best|answer)"),
-            ),
-        ]
-        self.bare = re.compile(rf"^[\s*_#>(\[]*(?i:answer\s*[:：]?\s*)?[*_(\[]*{x}[)\].:]?[*_\s]*$")
-        self.mention = re.compile(
-            rf"(?i:option\s+|choice\s+)(?:\(|\*\*)?{x}|\({x.replace('?P<x>', '?P<y>')}\)"
-            rf"|\*\*{x.replace('?P<x>', '?P<z>')}(?:[.):]\s[^*\n]*)?\*\*"
-        )
+def _raw_len(text: str, pos: int, normalized: str) -> int:
+    """How many characters of `text` from `pos` normalise to `normalized` (an option text found there)."""
+    words = normalized.split()
+    for n, m in enumerate(re.finditer(r"[^\s*_`.,:;!?()\[\]\"']+", text[pos:]), 1):
+        if n == len(words):
+            return m.end()
+    return len(text) - pos
 
 
-_CACHE: dict[tuple[tuple[str, ...], bool], _Patterns] = {}
+def _letter(ctx: _Context, text: str, m: re.Match[str], colon: bool) -> str | None:
+    """The option label a TARGET match names, or None for an article, a pronoun or a letter that is no option."""
+    x, wrapped = m["x"], bool(m["open"] or m["close"])
+    if x.isupper():
+        if x not in ctx.labels:
+            return None
+        if x in ARTICLE_AFTER and not wrapped and ARTICLE_AFTER[x].match(text, m.end()):
+            return None  # "Answer: A patient with ...", "Final answer: I think it is D"
+        return x
+    if x.upper() not in ctx.labels:
+        return None
+    if wrapped:
+        return x.upper()  # "(b)", "'c'"
+    if (colon or x not in "ai") and LOWER_END.match(text, m.end()):
+        return x.upper()  # "ANSWER: d", "the answer is c."
+    return None
 
 
-def _patterns(labels: tuple[str, ...], words: bool) -> _Patterns:
-    key = (labels, words)
-    if key not in _CACHE:
-        _CACHE[key] = _Patterns(labels, words)
-    return _CACHE[key]
+def _target(ctx: _Context, text: str, pos: int, colon: bool, allow_text: bool) -> str | None:
+    """What a committing head at `pos` commits to: a label, HEDGE, or None (nothing readable)."""
+    if EITHER.match(text, pos):
+        return HEDGE
+    m = TARGET.match(text, pos)
+    if m and (label := _letter(ctx, text, m, colon)):
+        if NEG_TAIL.match(text, m.end()):
+            return None  # "Answer A is incorrect"
+        h = HEDGE_TAIL.match(text, m.end())
+        other = h is not None and h["y"].upper() in ctx.labels and h["y"].upper() != label
+        # "B or C" and "(b) or (c)" name two options; "D, a ruptured aneurysm" does not.
+        if other and (h["y"].isupper() or h["open"] or m["x"].islower()):  # type: ignore[index]
+            return HEDGE
+        return label
+    if ctx.by_word:
+        w = WORD_TARGET.match(text, pos)
+        if w and w[1].lower() in ctx.by_word and WORD_AFTER.match(text, w.end()):
+            return ctx.by_word[w[1].lower()]
+    if allow_text:
+        return ctx.option_at(text, pos)[0]
+    return None
 
 
-def _resolve(token: str, labels: tuple[str, ...], by_word: dict[str, str]) -> str | None:
-    if token in labels:
-        return token
-    if len(token) == 1 and token.upper() in labels:
-        return token.upper()
-    return by_word.get(token.lower())
-
-
-def _last_in_tier(
-    tier: list[Rule], text: str, labels: tuple[str, ...], by_word: dict[str, str]
-) -> tuple[str, str] | None:
-    """(label, rule) of the match that ends last in the text, over all rules of one tier."""
+def _statements(
+    ctx: _Context, text: str, heads: Sequence[tuple[str, re.Pattern[str], bool]] = HEADS
+) -> Extraction | None:
+    """The last committing statement ("the answer is C", "C is correct", "I'd go with C", "答案是C")."""
     best: tuple[int, str, str] | None = None
-    starts = _trigger_starts(tier, text)
-    for i, (rule, pattern, trigger) in enumerate(tier):
-        # Python's re has no literal prefilter for the slow rules: search only around their trigger words.
-        matches = pattern.finditer(text) if trigger is None else _windowed(pattern, text, starts[i])
-        for m in matches:
-            label = _resolve(m.group("x"), labels, by_word)
+    for rule, head, allow_text in heads:
+        for m in head.finditer(text):
+            label = _target(ctx, text, m.end(), bool(m.groupdict().get("colon")), allow_text)
             if label and (best is None or m.end() > best[0]):
                 best = (m.end(), label, rule)
-    return (best[1], best[2]) if best else None
+    if len(heads) == len(HEADS):  # the reasoning fallback reads only "the answer is X"
+        for m in IS_CORRECT.finditer(text):
+            label = _before(ctx, text, m.start())
+            if label and (best is None or m.start() > best[0]):
+                best = (m.start(), label, "is_correct")
+    if best is None:
+        return None
+    return Extraction(None, "hedge", "response") if best[1] == HEDGE else Extraction(best[1], best[2], "response")
 
 
-_TIER_TRIGGERS: dict[int, re.Pattern[str]] = {}
+def _before(ctx: _Context, text: str, end: int) -> str | None:
+    """The option named just before "is correct": a label ("(D)", "option C") or an option's text ("Lithium")."""
+    seg = text[max(0, end - TARGET_CHARS) : end]
+    if (m := PAREN_LABEL_END.search(seg) or LABEL_BEFORE.search(seg)) and m["x"] in ctx.labels:
+        return m["x"]
+    tail = re.sub(r"\s+", " ", seg.rsplit("\n", 1)[-1]).rstrip("*_ ").lower()
+    for lab, t in ctx.texts:
+        if tail.endswith(t):
+            lead = tail[: -len(t)].rstrip(" *_")
+            if not lead or lead[-1] in ".!?:#>" or re.search(r"(?:^|\s)(?:the|a|an|[a-j][.)])$", lead):
+                return lab
+    return None
 
 
-def _trigger_starts(tier: list[Rule], text: str) -> list[list[int]]:
-    """Start offsets of each rule's trigger in the lowercased text, found in one pass for the whole tier."""
-    starts: list[list[int]] = [[] for _ in tier]
-    if all(t is None for _, _, t in tier):
-        return starts
-    combined = _TIER_TRIGGERS.get(id(tier))
-    if combined is None:
-        parts = [f"(?P<r{i}>{t.pattern})" for i, (_, _, t) in enumerate(tier) if t is not None]
-        combined = _TIER_TRIGGERS[id(tier)] = re.compile("|".join(parts))
-    for m in combined.finditer(text.lower()):
-        starts[int(m.lastgroup[1:])].append(m.start())
-    return starts
+def _explicit(ctx: _Context, text: str) -> Extraction | None:
+    """The last readable `<answer>…</answer>` or `\\boxed{…}`."""
+    best: tuple[int, str, str] | None = None
+    for rule, pattern in (("answer_tag", ANSWER_TAG), ("boxed", BOXED)):
+        for m in pattern.finditer(text):
+            label = _content(ctx, m.group(1))
+            if label and (best is None or m.end() > best[0]):
+                best = (m.end(), label, rule)
+    if best is None:
+        return None
+    return Extraction(None, "hedge", "response") if best[1] == HEDGE else Extraction(best[1], best[2], "response")
 
 
-def _windowed(pattern: re.Pattern[str], text: str, starts: list[int]) -> list[re.Match[str]]:
-    out: list[re.Match[str]] = []
-    seen: set[tuple[int, int]] = set()
-    before, after = WINDOW
-    for pos in starts:
-        lo, hi = max(0, pos - before), min(len(text), pos + after)
-        for m in pattern.finditer(text, lo, hi):
-            if m.end() == hi < len(text):  # the window's end may have cut a word: re-match on the whole text
-                m = pattern.match(text, m.start())
-            if m is not None and m.span() not in seen:
-                seen.add(m.span())
-                out.append(m)
-    return out
+def _content(ctx: _Context, raw: str) -> str | None:
+    """What a tag or box holds: a label (any case), a word answer or an option's text; HEDGE for "B or C"."""
+    s = raw
+    for _ in range(2):
+        s = LATEX.sub(r"\1", s)
+    s = s.replace("$", "").strip()
+    m = re.match(r"[\s*_(\[]*(?i:option\s*)?(?P<x>[A-Za-z])(?![A-Za-z0-9-])", s)
+    if m and m["x"].upper() in ctx.labels:
+        label = m["x"].upper()
+        h = HEDGE_TAIL.match(s, m.end())
+        if h and h["y"].upper() in ctx.labels and h["y"].upper() != label:
+            return HEDGE
+        rest = _norm(s[m.end() :])
+        if not rest or any(rest.startswith(t) for _, t in ctx.texts) or m["x"].isupper():
+            return label
+    word = _norm(s)
+    if word in ctx.by_word:
+        return ctx.by_word[word]
+    return ctx.option_at(s, 0)[0] if s else None
+
+
+def _lines(ctx: _Context) -> Extraction | None:
+    """A label, `X) option text`, or an option's text alone on the first or last line (or as the whole response)."""
+    lines = [ln for ln in ctx.masked.splitlines() if ln.strip()]
+    if not lines:
+        return None
+    whole = _norm(ctx.masked)
+    for lab, t in ctx.texts:
+        if whole == t:
+            return Extraction(lab, "option_text", "response")
+    for line in (lines[-1], lines[0]):
+        m = BARE_LINE.match(line)
+        if m and m["x"] in ctx.labels:
+            return Extraction(m["x"], "bare_label", "response")
+        m = LINE_LABEL.match(line)
+        if m and m["x"] in ctx.labels:
+            rest, own = _norm(m["rest"]), dict(ctx.texts).get(m["x"], "")
+            if own and (rest == own or rest.startswith(own + " ")):
+                return Extraction(m["x"], "option_text", "response")
+        n = _norm(line)
+        for lab, t in ctx.texts:
+            if n == t:
+                return Extraction(lab, "option_text", "response")
+    return None
+
+
+def _verdict(ctx: _Context) -> Extraction | None:
+    """Exactly one line of an option list marked correct ("C. Acute mesenteric ischemia - Correct.")."""
+    marked = set()
+    for _, line in ctx.list_lines:
+        m = LIST_LINE.match(line)
+        if not m:
+            continue
+        rest, own = m["rest"], dict(ctx.texts).get(m["x"], "")
+        n = _norm(rest)
+        if own and n.startswith(own):
+            rest = rest[_raw_len(rest, 0, own) :]
+        if VERDICT.search(rest):
+            marked.add(m["x"])
+    return Extraction(marked.pop(), "option_verdict", "response") if len(marked) == 1 else None
+
+
+def _word_start(ctx: _Context) -> Extraction | None:
+    """PubMedQA: the response opens with yes, no or maybe ("No, the study did not show a benefit.")."""
+    m = WORD_START.match(ctx.masked.lstrip())
+    if ctx.by_word and m and m["w"].lower() in ctx.by_word:
+        return Extraction(ctx.by_word[m["w"].lower()], "word_answer", "response")
+    return None
+
+
+def _conclusion(ctx: _Context) -> Extraction | None:
+    """The option mentioned in the last sentence that states a conclusion ("Thus, ... (C) is ..."), if only one."""
+    for sentence in reversed([s for s in SENTENCE_END.split(ctx.masked) if s.strip()]):
+        if not CUE.search(sentence):
+            continue
+        named = set()
+        for m in MENTION.finditer(sentence):
+            label = next(g for g in m.groups() if g)
+            if label in ctx.labels and not NEGATION.search(sentence[max(0, m.start() - NEGATION_CHARS) : m.start()]):
+                named.add(label)
+        if named:
+            return Extraction(named.pop(), "conclusion", "response") if len(named) == 1 else None
+    return None
+
+
+def _sole_mention(ctx: _Context) -> Extraction | None:
+    """A short answer that names one option and no other, without doubt ("Clopidogrel (C) should be added.")."""
+    sentences = [x for x in SENTENCE_END.split(ctx.masked) if x.strip()]
+    if not sentences or len(sentences) > SOLE_MAX_SENTENCES or UNSURE.search(ctx.masked):
+        return None
+    if {"yes", "no", "maybe"} & set(ctx.by_word):
+        return None  # "no" and "yes" are everyday words: only an explicit reading counts for word answers
+    named = {next(g for g in m.groups() if g) for m in MENTION.finditer(ctx.masked)} & set(ctx.labels)
+    padded = f" {_norm(ctx.masked)} "
+    named |= {lab for lab, t in ctx.texts if f" {t} " in padded}
+    return Extraction(named.pop(), "sole_mention", "response") if len(named) == 1 else None
 
 
 def extract(response: str | None, options: Sequence[Any], reasoning: str | None = None) -> Extraction:
     """The label the response committed to last; the reasoning's own final statement only when the response has none."""
     labels = tuple(str(o["label"]) if isinstance(o, dict) else str(o[0]) for o in options)
-    text = after_thinking(response or "").strip()
+    text = final_part(response or "").strip()
     bare = text.strip(BARE_STRIP)
     if bare in labels:  # the commonest R1 response is the letter alone; no other rule can read it otherwise
         return Extraction(bare, "bare_label", "response")
     if MULTIPLE.match(text) and len(set(re.findall(r"[A-Z]", text)) & set(labels)) > 1:
         return Extraction(None, "multiple_labels", "response")  # "D,F,G,I" commits to no single option
-    pairs = _option_pairs(options)
-    # Word answers (PubMedQA's yes/no/maybe) are accepted in place of a letter when they are option texts.
-    by_word = {t.strip().lower(): lab for lab, t in pairs if len(t.split()) == 1 and not t.strip().isupper()}
-    pats = _patterns(labels, bool(by_word))
     if text:
-        for tier in (pats.explicit, pats.statement):
-            if found := _last_in_tier(tier, text, labels, by_word):
-                return Extraction(found[0], found[1], "response")
-        lines = text.splitlines()
-        for line in (lines[-1], lines[0]):
-            m = pats.bare.match(line)
-            if m and (label := _resolve(m.group("x"), labels, by_word)):
-                return Extraction(label, "bare_label", "response")
-        if label := _by_option_text(text, pairs):
-            return Extraction(label, "option_text", "response")
-        if label := _conclusion(text, pats, labels, by_word):
-            return Extraction(label, "conclusion", "response")
+        ctx = _Context(text, options)
+        for read in (
+            lambda: _explicit(ctx, text),
+            lambda: _statements(ctx, ctx.masked, HEADS),
+            lambda: _lines(ctx),
+            lambda: _verdict(ctx),
+            lambda: _word_start(ctx),
+            lambda: _conclusion(ctx),
+            lambda: _sole_mention(ctx),
+        ):
+            if found := read():
+                return found
     if reasoning:
         tail = reasoning[-REASONING_TAIL_CHARS:]
-        for tier in (pats.explicit, pats.statement[:1]):
-            if found := _last_in_tier(tier, tail, labels, by_word):
-                return Extraction(found[0], found[1], "reasoning")
+        ctx = _Context(tail, options)
+        found = _explicit(ctx, tail) or _statements(ctx, ctx.masked, HEADS[:1])
+        if found and found.label:
+            return found._replace(where="reasoning")
     return Extraction(None, "none", "response" if text else "empty")
-
-
-def _by_option_text(text: str, pairs: list[tuple[str, str]]) -> str | None:
-    """An option's text given alone as the last line (or the whole response)."""
-    last = _norm(text.splitlines()[-1])
-    whole = _norm(text)
-    for lab, opt in pairs:
-        o = _norm(opt)
-        if o and (last == o or whole == o or last == f"{lab.lower()} {o}"):
-            return lab
-    return None
-
-
-def _conclusion(text: str, pats: _Patterns, labels: tuple[str, ...], by_word: dict[str, str]) -> str | None:
-    """The first option mention in the last sentence that states a conclusion ("Thus, ... (C) is ...")."""
-    for sentence in reversed([s for s in SENTENCE_END.split(text) if s.strip()]):
-        if not CUE.search(sentence):
-            continue
-        m = pats.mention.search(sentence)
-        if m:
-            token = next(g for g in m.groups() if g)
-            return _resolve(token, labels, by_word)
-    return None

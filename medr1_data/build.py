@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from medr1_data.progress import BuildProgress, PeakRSS
 from medr1_data.recipe import Recipe
 from medr1_data.select import drop_counts
 from medr1_data.shards import sha256_file
-from medr1_data.stages import PRE_TEACHER_DROPS, STAGES, Build
+from medr1_data.stages import STAGES, Build, require_teacher
 
 REPORT = "build_report.json"
 
@@ -261,16 +262,32 @@ def run(
     """
     out = Path(out or recipe.output.dir)
     first, last = _window(recipe, from_stage, until_stage)
+    created = [p for p in (out, out.with_name(out.name + ".build")) if not p.exists()]
+    try:
+        return _run(recipe, out, quiet, first, last, from_stage)
+    except BaseException:
+        for folder in created:  # a failed build leaves no empty folder behind; checkpoints are kept for a rerun
+            if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+                shutil.rmtree(folder)
+        raise
+
+
+def _run(recipe: Recipe, out: Path, quiet: bool, first: int | None, last: int, from_stage: str | None) -> Build:
+    """`run` once its arguments are checked."""
     stages = list(recipe.stages)
     started = time.perf_counter()
-    b = _start(recipe, out, quiet, stages[: last + 1])
-    checkpoints = Checkpoints(b.build_dir, stages)
     keys = stage_keys(recipe, out)
+    checkpoints = Checkpoints(out.with_name(out.name + ".build"), stages)
+    if "distill" in stages[: last + 1] and checkpoints.meta("distill", keys[stages.index("distill")]) is None:
+        require_teacher(recipe)
+    b = _start(recipe, out, quiet, stages[: last + 1])
     table: pa.Table | None = None
     source: dict[str, Any] | None = None  # the checkpoint whose table is the next stage's input
     running = False
     for i, name in enumerate(stages[: last + 1]):
         meta = None if running or (first is not None and i >= first) else checkpoints.meta(name, keys[i])
+        if name in checkpoints.damaged:
+            b.log(f"checkpoint of {name} is damaged ({checkpoints.damaged[name]} changed): running the stage again")
         if meta is not None:
             _serve(meta, b)
             if meta["table"]:
@@ -297,8 +314,7 @@ def summary_rows(b: Build) -> list[tuple[str, int]]:
         rows.append(("source rows read", sum(x["rows_read"] for x in s["sources"])))
         rows += [(f"  rejected at ingest: {k}", v) for k, v in s.get("reject_reasons", {}).items()]
     if "traces_total" in s:
-        before = {k: v for k, v in s["drop_reasons"].items() if k in PRE_TEACHER_DROPS}
-        after = {k: v for k, v in s["drop_reasons"].items() if k not in PRE_TEACHER_DROPS}
+        before, after = s["question_drops"], s["trace_drops"]
         rows.append(("questions", s["questions_total"]))
         rows += [(f"  not sent to the teacher: {k}", v) for k, v in before.items()]
         rows.append(("teacher traces", s["traces_total"]))

@@ -2,7 +2,10 @@
 
 A checkpoint is keyed by SHA-256 over the previous stage's key, the recipe settings the stage reads, fingerprints of
 the files it reads, and the library (its version and a hash of its code), so a key names one input and one way of
-processing it. Both files are written to a temporary name and renamed into place, the JSON last: a build killed
+processing it. A checkpoint is trusted only while every file it names still has the sha256 recorded when it was
+written: a damaged file of the same size is found too, and the stage runs again.
+
+Both files are written to a temporary name and renamed into place, the JSON last: a build killed
 mid-stage leaves no checkpoint for that stage (only, at worst, a stray `.tmp` file) and the next run starts again
 at it.
 """
@@ -128,31 +131,51 @@ class Checkpoints:
     def __init__(self, build_dir: Path, stages: list[str]) -> None:
         self.folder = Path(build_dir) / FOLDER
         self.index = {name: i for i, name in enumerate(stages)}
+        self.damaged: dict[str, str] = {}  # stage -> the file whose content no longer matches its record
+        self._digests: dict[tuple[str, int, int], str] = {}  # a table file is hashed once, however many build on it
+
+    def _matches(self, path: Path, digest: str | None) -> bool:
+        """Whether `path` is a file whose sha256 is `digest`."""
+        if digest is None or not path.is_file():
+            return False
+        st = path.stat()
+        sig = (str(path), st.st_size, st.st_mtime_ns)
+        if sig not in self._digests:
+            self._digests[sig] = sha256_file(path)
+        return self._digests[sig] == digest
 
     def _base(self, stage: str) -> Path:
         return self.folder / f"{self.index[stage]:02d}-{re.sub(r'[^a-z0-9_]', '_', stage)}"
 
     def meta(self, stage: str, key: str) -> dict[str, Any] | None:
-        """The stored record of `stage` if its key is `key` and its files are intact, else None."""
+        """The stored record of `stage` if its key is `key` and every file it names is intact, else None.
+
+        A record whose key matches but whose table file or release output no longer has its recorded sha256
+        is listed in `self.damaged` (the runner says so, then reruns the stage).
+        """
         path = self._base(stage).with_suffix(".json")
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if meta.get("key") != key or not self._intact(meta):
+        if meta.get("key") != key:
             return None
-        for name, digest in meta.get("outputs", {}).items():
-            if not Path(name).is_file() or sha256_file(Path(name)) != digest:
-                return None
+        bad = self._damaged_table(meta) or next(
+            (name for name, digest in meta.get("outputs", {}).items() if not self._matches(Path(name), digest)), None
+        )
+        if bad is not None:
+            self.damaged[stage] = bad
+            return None
         return meta
 
-    def _intact(self, entry: dict[str, Any]) -> bool:
+    def _damaged_table(self, entry: dict[str, Any]) -> str | None:
+        """The first table file of a record (or of the records it builds on) whose content changed, or None."""
         while entry and entry.get("table"):
             file = self.folder / entry["table"]
-            if not file.is_file() or file.stat().st_size != entry["bytes"]:
-                return False
+            if not self._matches(file, entry.get("sha256")) or file.stat().st_size != entry["bytes"]:
+                return str(file)
             entry = entry.get("base")
-        return True
+        return None
 
     def write_table(
         self,
@@ -175,11 +198,13 @@ class Checkpoints:
         if source is not None and source_entry and source_entry.get("table") and source.num_rows == table.num_rows:
             same = [n for n in table.column_names if n in source.column_names and _same(source[n], table[n])]
             if same:
-                base = {k: source_entry[k] for k in ("table", "bytes", "columns", "base") if k in source_entry}
+                keep = ("table", "bytes", "sha256", "columns", "base")
+                base = {k: source_entry[k] for k in keep if k in source_entry}
                 entry.update(base=base, columns=table.column_names)
                 table = table.drop_columns(same)
         _atomic(path, lambda tmp: pq.write_table(table, tmp, **COMPRESSION))
         entry["bytes"] = path.stat().st_size
+        entry["sha256"] = sha256_file(path)
         return entry
 
     def save(self, stage: str, key: str, written: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:

@@ -7,9 +7,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medr1_data import Medr1Error, __version__
+
+if TYPE_CHECKING:
+    from medr1_data.contracts import Contract
 
 EXIT_ERROR = 2
 
@@ -85,7 +88,7 @@ def _write(table: object, path: Path) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from medr1_data.verify import verify
 
-    table = verify(_read(args.input))
+    table = verify(_read(args.input, _contract("TRACES")))
     _write(table, args.out)
     counts = table.group_by("verify_reason").aggregate([("verify_reason", "count")]).to_pylist()
     print(_table([(c["verify_reason"], c["verify_reason_count"]) for c in counts], ["verify_reason", "rows"]))
@@ -97,13 +100,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from medr1_data.score import ScoreSettings, score
 
-    table = score(_read(args.input), _settings(args.set, ScoreSettings))
+    table = score(_read(args.input, _contract("VERIFIED")), _settings(args.set, ScoreSettings))
     _write(table, args.out)
     df = pl.from_arrow(table.select(["quality", "quality_score"]))
     flags = df.select(pl.col("quality").struct.field("flags").explode().drop_nulls().value_counts(sort=True))
     rows = [(r["flags"]["flags"], r["flags"]["count"]) for r in flags.to_dicts()]
     print(_table(rows or [("(none)", 0)], ["flag", "traces"]))
-    print(f"mean quality_score {df['quality_score'].mean():.3f} over {df.height} traces")
+    mean = df["quality_score"].mean()
+    print(f"mean quality_score {mean:.3f} over {df.height} traces" if df.height else "no traces")
     return 0
 
 
@@ -115,18 +119,35 @@ def _settings(pairs: list[str], cls: type) -> Any:
     return config.build(cls, values, "--set")
 
 
-def _read(path: Path) -> object:
+def _contract(name: str) -> Contract:
+    from medr1_data import contracts
+
+    return getattr(contracts, name)
+
+
+def _read(path: Path, contract: Contract) -> Any:
+    """A Parquet table checked against the verb's input contract."""
     import pyarrow.parquet as pq
 
+    from medr1_data.contracts import check_input
+
     try:
-        return pq.read_table(path)
+        table = pq.read_table(path)
     except FileNotFoundError:
         raise Medr1Error(f"{path}: no such file") from None
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet input
-        raise Medr1Error(f"{path}: cannot read as Parquet: {e}") from None
+        raise Medr1Error(f"{path}: cannot read as Parquet: {' '.join(str(e).split())}") from None
+    return check_input(table, contract, str(path))
+
+
+_TEACHER_FLAGS = ("template", "samples", "concurrency", "max_tokens", "temperature", "top_p", "request_timeout")
+_TEACHER_FLAGS += ("max_retries", "expected_completion_tokens")
+_PRICE_FLAGS = {"price_input_cache_hit": "price_input_cache_hit_per_m", "price_input": "price_input_per_m"}
+_PRICE_FLAGS |= {"price_output": "price_output_per_m"}
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    from medr1_data import config
     from medr1_data.teacher import TeacherSettings, estimate, run_distill
 
     exit_missing = 3  # the run ended but some responses are still missing: rerun the same command
@@ -135,30 +156,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     key_env = args.api_key_env
     if key_env is None:
         key_env = "DEEPSEEK_API_KEY" if endpoint == "deepseek" else ""
-    options = {
-        "template": args.template,
-        "samples": args.samples,
-        "concurrency": args.concurrency,
-        "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "request_timeout": args.request_timeout,
-        "max_retries": args.max_retries,
-        "price_input_cache_hit_per_m": args.price_input_cache_hit,
-        "price_input_per_m": args.price_input,
-        "price_output_per_m": args.price_output,
-        "expected_completion_tokens": args.expected_completion_tokens,
-    }
-    teacher = TeacherSettings(
-        model=args.model,
-        endpoint=endpoint,
-        base_url=url,
-        api_key_env=key_env or None,
-        cache=str(args.cache),
-        offline=args.offline,
-        **{k: v for k, v in options.items() if v is not None},
-    )
-    table = _read(args.input)
+    options = {f: getattr(args, f) for f in _TEACHER_FLAGS} | {f: getattr(args, a) for a, f in _PRICE_FLAGS.items()}
+    given = {k: v for k, v in options.items() if v is not None}
+    base = {"model": args.model, "endpoint": endpoint, "base_url": url, "api_key_env": key_env or None}
+    fields = {**base, "cache": str(args.cache), "offline": args.offline, **given}
+    teacher = config.build(TeacherSettings, fields, "distill options")
+    table = _read(args.input, _contract("DISTILL"))
     if args.estimate:
         print(_table(estimate(table, teacher), ["", "estimate"]))
         return 0
@@ -185,7 +188,7 @@ def cmd_decontam(args: argparse.Namespace) -> int:
     from medr1_data.benchmarks import load_benchmark
     from medr1_data.decontam import DecontamSettings, decontaminate
 
-    table = _read(args.input)
+    table = _read(args.input, _contract("QUESTIONS"))
     benches = []
     for spec in args.benchmark:
         name, loaded = load_benchmark(spec, args.benchmark_dir)
@@ -205,7 +208,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
     from medr1_data.dedup import DedupSettings, dedup
 
-    out = dedup(_read(args.input), _settings(args.set, DedupSettings))
+    out = dedup(_read(args.input, _contract("QUESTIONS")), _settings(args.set, DedupSettings))
     _write(out, args.out)
     df = pl.from_arrow(out.select(["dup_cluster", "dup_keep"]))
     clusters = df.filter(pl.col("dup_cluster").is_duplicated())["dup_cluster"].n_unique()

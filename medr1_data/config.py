@@ -24,6 +24,8 @@ import yaml
 
 from medr1_data import Medr1Error
 
+Bounds = dict[str, tuple[float | None, float | None]]  # a settings class's `BOUNDS`: field -> (lo, hi), inclusive
+
 
 class ConfigError(Medr1Error):
     """A recipe or override that cannot be used: reported as one line naming the file and key."""
@@ -198,10 +200,43 @@ def build(cls: type, data: Any, origin: str, key: str = "", skip: tuple[str, ...
     if unknown:
         raise ConfigError(f"{_at(origin, key)}: unknown key '{unknown[0]}' (known: {', '.join(names)})")
     sub = f"{key}." if key else ""
-    return cls(**{k: check(v, hints[k], origin, f"{sub}{k}") for k, v in data.items()})
+    obj = cls(**{k: check(v, hints[k], origin, f"{sub}{k}") for k, v in data.items()})
+    check_limits(obj, origin, key)
+    return obj
+
+
+def _in_range(value: Any, lo: float | None, hi: float | None) -> bool:
+    return (lo is None or value >= lo) and (hi is None or value <= hi)
+
+
+def check_limits(obj: Any, origin: str, key: str = "") -> None:
+    """A dataclass's `BOUNDS` ({field: (lo, hi)}, inclusive, None open) and `CHOICES` ({field: allowed values}, for a
+    string, each item of a list, each key of a mapping), checked; a ConfigError naming the key otherwise."""
+    sub = f"{key}." if key else ""
+    for name, (lo, hi) in getattr(obj, "BOUNDS", {}).items():
+        value = getattr(obj, name)
+        values = value.values() if isinstance(value, dict) else [value]
+        for v in values:
+            if v is not None and not _in_range(v, lo, hi):
+                want = f"at least {lo}" if hi is None else f"at most {hi}" if lo is None else f"in [{lo}, {hi}]"
+                raise ConfigError(f"{origin}: {sub}{name}: expected a value {want}, got {v!r}")
+    for name, allowed in getattr(obj, "CHOICES", {}).items():
+        value = getattr(obj, name)
+        items = list(value) if isinstance(value, list | tuple | dict) else [value]
+        bad = [v for v in items if v not in allowed]
+        if bad:
+            raise ConfigError(f"{origin}: {sub}{name}: '{bad[0]}' is not one of {', '.join(map(str, allowed))}")
 
 
 def require(ok: bool, where: str, message: str) -> None:
     """Raise a ConfigError `where: message` unless `ok` (cross-field and range checks)."""
     if not ok:
         raise ConfigError(f"{where}: {message}")
+
+
+def missing_local_path(name_or_path: str) -> str | None:
+    """A one-line problem when `name_or_path` is written as a local path (`/`, `./`, `../`, `~`) that does not exist."""
+    text = str(name_or_path)
+    if text.startswith(("/", "./", "../", "~")) and not Path(text).expanduser().exists():
+        return f"'{text}': no such local folder (a Hub id looks like ORG/NAME)"
+    return None

@@ -19,6 +19,7 @@ and the false-positive rate; benchmarks/decontam.py measures speed and memory ag
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ from medr1_data.index import (
     canon_table,
     index_frame,
     option_hits,
+    quantize,
     same_option,
     sides,
     token_weights,
@@ -44,6 +46,7 @@ from medr1_data.index import (
 
 RULES = {
     "stem_exact": "canonical stem equal to the item's (informative stem; options, if both have them, do not conflict)",
+    "stem_distinctive": "canonical stem equal to the item's distinctive stem (enough words and IDF mass), any options",
     "context": "the item's context (abstract) is contained in the row's",
     "options": "the item's option set and answer text (exact or fuzzy), with enough option or stem evidence",
     "stem_near": "most of the item's stem weight is in the row and most of the row's is in the item (reworded)",
@@ -60,6 +63,12 @@ class DecontamSettings(IndexSettings):
     # --- confirmation (pairwise checks on the candidates)
     unseen_weight: float = 0.7  # token weight of a word no benchmark item uses (synonyms, typos, wrappers)
     min_stem_info: float = 0.9  # IDF mass (token weights in 0-1 summed) a stem needs before stem rules may flag
+    # stem_distinctive: a stem that identifies its item whatever the options. The most generic stems that real test
+    # items share with other items ("which of the following statements is false", "which of the following is true")
+    # have an IDF mass of 0.7-1.4; 27% of MedMCQA stems have fewer than 8 words ("gnas 1 gene mutation is associated
+    # with": 7 words, mass 2.8) and are left to the rules that also read the options.
+    distinctive_words: int = 8  # stem_distinctive: the item's canonical stem has at least this many words
+    distinctive_info: float = 2.5  # stem_distinctive: ... and at least this IDF mass
     near: float = 0.8  # stem_near: share of the item's stem weight found in the row
     near_row: float = 0.6  # stem_near: share of the row's stem weight found in the item
     contained: float = 0.9  # item_in_row / row_in_item: containment of the smaller side
@@ -74,6 +83,8 @@ class DecontamSettings(IndexSettings):
     option_cover_weak: float = 0.5  # weaker option support (stem_options rule, with the same answer)
     option_conflict: float = 0.25  # options conflict (block the stem rules) when at most this share is found
     min_option_evidence: float = 3.0  # options rule: IDF mass of the item's option words + stem mass shared
+    option_row_share: float = 0.25  # options rule: below this share of the row's stem weight in the item, the row
+    option_alone_info: float = 3.5  # ... asks another question, and the item's option words need this IDF mass
     option_stem_share_common: float = 0.35  # options rule, option set shared by several items: stem share needed
     context_contained: float = 0.8  # context rule: share of the item's context words found in the row's context
     min_context_tokens: int = 30  # context rule: the item's context needs at least this many distinct words
@@ -110,12 +121,13 @@ def build_index(benchmarks: list[tuple[str, pa.Table]], settings: DecontamSettin
     for name, table in benchmarks:
         df = pl.from_arrow(table, rechunk=False)
         assert isinstance(df, pl.DataFrame)
-        ids = (
-            df["source_id"].cast(pl.String)
-            if "source_id" in df.columns
-            else pl.Series([str(i) for i in range(df.height)])
-        )
-        frames.append(canon_table(df).with_columns(pl.lit(name).alias("benchmark"), ids.alias("item_id")))
+        ids = item_ids(df)
+        # Items in the order of their ids (natural order: "9" before "10"), so that the lowest `_item` of tied items
+        # (identical canonical text) is the lowest id: the one every run reports.
+        keys = [_natural(i) for i in ids.to_list()]
+        order = sorted(range(df.height), key=keys.__getitem__)
+        canon = canon_table(df).with_columns(pl.lit(name).alias("benchmark"), ids.alias("item_id"))
+        frames.append(canon[order] if order else canon)
         counts[name] = counts.get(name, 0) + df.height
     schema = {"stem": pl.String, "ctx": pl.String, "opts": pl.List(pl.String), "answer": pl.String}
     canon = (
@@ -128,12 +140,29 @@ def build_index(benchmarks: list[tuple[str, pa.Table]], settings: DecontamSettin
     )
 
 
+def item_ids(df: pl.DataFrame) -> pl.Series:
+    """Each benchmark item's natural id: `meta.item_id` where the source sets one, else `source_id`, else the row."""
+    ids = pl.int_range(pl.len()).cast(pl.String)
+    if "source_id" in df.columns:
+        ids = pl.col("source_id").cast(pl.String).fill_null(ids)
+    if "meta" in df.columns:
+        ids = pl.col("meta").str.json_path_match("$.item_id").fill_null(ids)
+    return df.select(ids.alias("item_id"))["item_id"]
+
+
+def _natural(item_id: str) -> tuple:
+    """Sort key of an id with its digit runs as numbers ("anatomy/9" before "anatomy/10")."""
+    return tuple(int(p) if k % 2 else p for k, p in enumerate(re.split(r"(\d+)", item_id)))
+
+
 def confirm(row: Side, item: Side, item_optset_df: int, w: dict[str, float], s: DecontamSettings) -> tuple[str, float]:
     """The first rule of RULES that holds for (row, item) and its similarity in 0-1, or ("", best similarity)."""
-    shared = sum(w.get(t, s.unseen_weight) for t in row.toks & item.toks)
+    unseen = quantize(s.unseen_weight)  # quantized weights: sums exact in any order (set order varies per process)
+    shared = sum(w.get(t, unseen) for t in row.toks & item.toks)
     c_row = shared / row.info if row.info else 0.0  # share of the row's stem weight found in the item
     c_item = shared / item.info if item.info else 0.0  # share of the item's stem weight found in the row
-    both_opts = len(row.opts) >= 2 and len(item.opts) >= 2
+    # An option set shared by many items (yes/no/maybe: all 500 PubMedQA items) is no evidence either way.
+    both_opts = len(row.opts) >= 2 and len(item.opts) >= 2 and item_optset_df <= s.optset_max_df
     hits = 0
     if both_opts:
         hits = len(set(row.opts).intersection(item.opts))
@@ -146,16 +175,23 @@ def confirm(row: Side, item: Side, item_optset_df: int, w: dict[str, float], s: 
     support = both_opts and answer and cover >= s.option_cover
     conflict = both_opts and cover <= s.option_conflict
     informative = item.info >= s.min_stem_info
-    if row.stem and row.stem == item.stem and informative and not conflict:
-        return "stem_exact", 1.0
+    if row.stem and row.stem == item.stem and informative:
+        if not conflict:
+            return "stem_exact", 1.0
+        if item.info >= s.distinctive_info and item.stem.count(" ") + 1 >= s.distinctive_words:
+            return "stem_distinctive", 1.0
     if item.ctx and len(item.ctx) >= s.min_context_tokens:
         c_ctx = len(row.ctx & item.ctx) / len(item.ctx)
         if c_ctx >= s.context_contained:
             return "context", c_ctx
     if support and jacc >= s.option_cover:
         if item_optset_df <= 1:
-            opt_info = sum(w.get(t, s.unseen_weight) for t in {t for o in item.opts for t in o.split()})
-            if opt_info + shared >= s.min_option_evidence:
+            opt_info = sum(w.get(t, unseen) for t in {t for o in item.opts for t in o.split()})
+            # A row whose stem is mostly its own words asks another question: its options alone must be distinctive.
+            # Words no item uses (templates, wrappers) are no question of the row's own, so they do not count here.
+            known = sum(w[t] for t in row.toks if t in w)
+            alone = shared < s.option_row_share * known
+            if opt_info + shared >= s.min_option_evidence and (not alone or opt_info >= s.option_alone_info):
                 return "options", jacc
         elif c_item >= s.option_stem_share_common:
             return "options", jacc
@@ -197,8 +233,8 @@ def match(index: BenchmarkIndex, canon: pl.DataFrame) -> pl.DataFrame:
         for i, item in zip(cands["_i"].to_list(), cands["_item"].to_list(), strict=True):
             rule, score = confirm(row_sides[i], item_sides[item], optset_df[item], index.weights, s)
             if rule:
-                best = got.get(i)
-                if best is None or (score, -order[rule]) > (best[2], -order[best[1]]):
+                best = got.get(i)  # best score, then the earlier rule, then the lowest item (tied items: lowest id)
+                if best is None or (score, -order[rule], -item) > (best[2], -order[best[1]], -best[0]):
                     got[i] = (item, rule, score)
     return pl.DataFrame(
         {

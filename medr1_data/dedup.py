@@ -23,12 +23,13 @@ and `dup_keep` (True on every row of the kept question); no row is dropped here 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
 import pyarrow as pa
 
 from medr1_data import Medr1Error
+from medr1_data.config import Bounds
 from medr1_data.decontam import DecontamSettings
 from medr1_data.index import (
     IndexSettings,
@@ -65,6 +66,13 @@ class DedupSettings:
     exact_max_df: int = 5_000  # exact stem / option-set hashes shared by more questions do not retrieve
     batch_rows: int = 20_000  # questions per retrieval batch
     source_priority: tuple[str, ...] = field(default_factory=tuple)  # keep rule: earlier sources win ties
+
+    BOUNDS: ClassVar[Bounds] = {
+        **{k: (0.0, 1.0) for k in ("near", "near_no_options", "option_jaccard", "context_contained", "min_item_share")},
+        "unseen_weight": (0.0, 1.0),
+        "min_stem_info": (0.0, None),
+        **{k: (1, None) for k in ("top_k", "ngram_max_df", "exact_max_df", "batch_rows")},
+    }
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-able dict."""

@@ -38,6 +38,10 @@ SALT = [0, 0x0F0F0F0F0F0F0F0F, 0x3C3C3C3C3C3C3C3C, 0, 0x6996699669966996, 0x1248
 NUMERAL = re.compile(r"[ivx]{1,4}|[a-e]")  # roman numerals and single option-like letters in option texts
 PAIR = 1 << 32  # (row, item) pair key = row * PAIR + item
 EXACT_WEIGHT = 50.0  # retrieval weight of an exact stem or option-set hit (outranks any n-gram evidence)
+# Weights are rounded to multiples of a power of two so that every sum of them is exact in float64, whatever order
+# threads or set iteration add them in: tied items stay tied and outputs are identical from run to run.
+QUANTUM_BITS = 20  # token weights (0-1)
+POSTING_BITS = 16  # retrieval weights (0-50, stored as float32)
 
 
 @dataclass
@@ -144,7 +148,16 @@ def token_weights(canon: pl.DataFrame) -> pl.DataFrame:
     )
     df = docs.explode("tok").filter(pl.col("tok").is_not_null() & (pl.col("tok") != "")).group_by("tok").len()
     norm = math.log(n + 1) or 1.0
-    return df.select("tok", ((pl.lit(n + 1.0) / (pl.col("len") + 1.0)).log() / norm).alias("w"))
+    return df.select("tok", _quantized((pl.lit(n + 1.0) / (pl.col("len") + 1.0)).log() / norm).alias("w"))
+
+
+def quantize(x: float) -> float:
+    """`x` rounded to a multiple of 2^-QUANTUM_BITS (weights whose sums are exact in any order)."""
+    return round(x * (1 << QUANTUM_BITS)) / (1 << QUANTUM_BITS)
+
+
+def _quantized(e: pl.Expr, bits: int = QUANTUM_BITS) -> pl.Expr:
+    return (e * (1 << bits)).round() / (1 << bits)
 
 
 def weight_map(weights: pl.DataFrame) -> dict[str, float]:
@@ -181,10 +194,11 @@ def index_frame(
         feats = features(items.rename({"_item": "_i"}), settings)
     postings = _postings(feats.rename({"_i": "_item"}), settings, max(items.height, 1))
     stemish = pl.col("view").is_in([VIEW_NGRAM, VIEW_WORD])
+    w = pl.col("w").cast(pl.Float64)
     totals = postings.group_by("_item").agg(
-        pl.col("w").filter(stemish).sum().alias("tot_ngram"),
-        pl.col("w").filter(pl.col("view") == VIEW_OPTGRAM).sum().alias("tot_optgram"),
-        pl.col("w").filter(pl.col("view") == VIEW_CONTEXT).sum().alias("tot_ctx"),
+        w.filter(stemish).sum().alias("tot_ngram"),
+        w.filter(pl.col("view") == VIEW_OPTGRAM).sum().alias("tot_optgram"),
+        w.filter(pl.col("view") == VIEW_CONTEXT).sum().alias("tot_ctx"),
         (pl.col("view") == VIEW_OPTION).sum().alias("n_opt"),
     )
     postings = postings.filter(pl.col("df") >= min_df).drop("df")
@@ -211,8 +225,8 @@ def _postings(feats: pl.DataFrame, settings: IndexSettings, n: int) -> pl.DataFr
         .with_columns(
             pl.when(exact)
             .then(pl.lit(EXACT_WEIGHT))
-            .otherwise((pl.lit(n + 1.0) / (pl.col("df") + 1.0)).log())
-            .cast(pl.Float32)
+            .otherwise(_quantized((pl.lit(n + 1.0) / (pl.col("df") + 1.0)).log(), POSTING_BITS))
+            .cast(pl.Float32)  # a multiple of 2^-16 below 2^8 is exact in float32
             .alias("w")
         )
         .select("feat", "view", "_item", "w", "df")
@@ -256,8 +270,8 @@ def candidates(
 
 def _pair_hits(feats: pl.DataFrame, postings: pl.DataFrame) -> pl.LazyFrame:
     """Per (`_i`, `_item`) pair sharing a feature: exact hits, option hits, n-gram weight sums and counts per view."""
-    view, w = pl.col("view"), pl.col("w")
-    zero = pl.lit(0.0, pl.Float32)
+    view, w = pl.col("view"), pl.col("w").cast(pl.Float64)
+    zero = pl.lit(0.0, pl.Float64)
     stemish = view.is_in([VIEW_NGRAM, VIEW_WORD])
     hits = (
         feats.lazy()
@@ -312,7 +326,7 @@ def stem_info(canon: pl.DataFrame, weights: pl.DataFrame, unseen: float) -> pl.S
         .filter(pl.col("stem").is_not_null() & (pl.col("stem") != ""))
         .join(weights, left_on="stem", right_on="tok", how="left")
         .group_by("_r")
-        .agg(pl.col("w").fill_null(unseen).sum())
+        .agg(pl.col("w").fill_null(quantize(unseen)).sum())
     )
     rows = pl.DataFrame({"_r": pl.arange(0, canon.height, eager=True, dtype=pl.UInt32)})
     return rows.join(toks, on="_r", how="left", maintain_order="left")["w"].fill_null(0.0)

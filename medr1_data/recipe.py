@@ -6,6 +6,7 @@ A recipe names its sources, the teacher, each stage's settings, the output and t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from medr1_data.teacher.settings import TeacherSettings
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 # Question-level stages run before the teacher, so no request is paid for a benchmark item or a duplicate.
+SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")  # the release tag is v<version>
 STAGE_NAMES = ("ingest", "decontam", "dedup", "distill", "verify", "score", "select", "shards", "card")
 
 
@@ -42,9 +44,9 @@ class DecontamRecipe:
     benchmark_dir: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def parsed(self) -> DecontamSettings:
+    def parsed(self, origin: str = "recipe") -> DecontamSettings:
         """The settings as DecontamSettings (checked when the recipe is loaded)."""
-        return config.build(DecontamSettings, self.settings, "recipe", "decontam.settings")
+        return config.build(DecontamSettings, self.settings, origin, "decontam.settings")
 
 
 @dataclass
@@ -53,9 +55,9 @@ class DedupRecipe:
 
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def parsed(self) -> DedupSettings:
+    def parsed(self, origin: str = "recipe") -> DedupSettings:
         """The settings as DedupSettings (checked when the recipe is loaded)."""
-        return config.build(DedupSettings, self.settings, "recipe", "dedup.settings")
+        return config.build(DedupSettings, self.settings, origin, "dedup.settings")
 
 
 @dataclass
@@ -126,6 +128,8 @@ def load_recipe(name_or_path: str = "demo", overrides: list[str] | None = None) 
     if unknown:
         raise ConfigError(f"{where}: unknown stage '{unknown[0]}' (stages: {', '.join(STAGE_NAMES)})")
     for section in (recipe.decontam, recipe.dedup):
-        section.parsed()
+        section.parsed(where)
+    if not SEMVER.fullmatch(recipe.version):
+        raise ConfigError(f"{where}: version: expected MAJOR.MINOR.PATCH (e.g. 1.2.0), got {recipe.version!r}")
     get_template(recipe.teacher.template)
     return recipe

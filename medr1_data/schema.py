@@ -128,13 +128,14 @@ DROP_FIELD = pa.field("drop_reason", pa.string())
 KNOWN_FIELDS: dict[str, pa.Field] = {f.name: f for f in [*QUESTION_FIELDS, *TRACE_FIELDS, *VERIFY_FIELDS, DROP_FIELD]}
 
 
-def _plain(t: pa.DataType) -> pa.DataType:
+def plain_type(t: pa.DataType) -> pa.DataType:
+    """The type with large and view strings and lists replaced by plain ones, recursively."""
     if pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return pa.string()
     if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_list(t):
-        return pa.list_(_plain(t.value_type))
+        return pa.list_(plain_type(t.value_type))
     if pa.types.is_struct(t):
-        return pa.struct([pa.field(f.name, _plain(f.type), f.nullable) for f in t])
+        return pa.struct([pa.field(f.name, plain_type(f.type), f.nullable) for f in t])
     return t
 
 
@@ -143,5 +144,5 @@ def normalize(table: pa.Table) -> pa.Table:
     fields = []
     for f in table.schema:
         known = KNOWN_FIELDS.get(f.name)
-        fields.append(pa.field(f.name, known.type if known else _plain(f.type), True))
+        fields.append(pa.field(f.name, known.type if known else plain_type(f.type), True))
     return table.cast(pa.schema(fields))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import polars as pl
 import pyarrow as pa
 
 from medr1_data.answers import extract
+from medr1_data.config import Bounds
 
 # How much each flag costs: quality_score = max(0, 1 - sum of the weights of the flags a trace raises).
 # A truncated or unanswered trace is worthless for distillation; structure and consistency problems cost half;
@@ -51,6 +53,17 @@ class ScoreSettings:
     short_reasoning_tokens: int = 30
     conclusion_tail_chars: int = 800  # where the reasoning's own conclusion is read
     weights: dict[str, float] = field(default_factory=lambda: dict(QUALITY_WEIGHTS))
+
+    BOUNDS: ClassVar[Bounds] = {
+        "loop_repeats": (2, None),
+        "loop_line_chars": (1, None),
+        "foreign_script_chars": (1, None),
+        "flip_flop_letters": (2, None),
+        "short_reasoning_tokens": (0, None),
+        "conclusion_tail_chars": (1, None),
+        "weights": (0.0, 1.0),
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"weights": tuple(QUALITY_WEIGHTS)}
 
 
 def _signals(s: ScoreSettings) -> list[pl.Expr]:

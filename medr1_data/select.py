@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import polars as pl
 import pyarrow as pa
+
+from medr1_data.config import Bounds
+from medr1_data.score import FLAGS
 
 DROP_REASONS = {
     "request_failed": "the teacher request failed after all retries",
@@ -29,6 +33,9 @@ class SelectSettings:
     drop_truncated: bool = True
     reject_flags: list[str] = field(default_factory=lambda: list(DEFAULT_REJECT_FLAGS))
     min_quality: float = 0.0
+
+    BOUNDS: ClassVar[Bounds] = {"max_per_question": (1, None), "min_quality": (0.0, 1.0)}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"keep": ("best", "all_correct"), "reject_flags": FLAGS}
 
 
 def select(table: pa.Table, settings: SelectSettings) -> pa.Table:

@@ -15,7 +15,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medr1_data import Medr1Error, __version__
+from medr1_data.config import Bounds
 from medr1_data.schema import COLUMN_DOCS, normalize
 
 MANIFEST = "manifest.json"
@@ -43,6 +44,9 @@ class ShardSettings:
     row_group_bytes: int = 100 * 1000 * 1000  # datasets' MAX_ROW_GROUP_SIZE ("100MB" of Arrow data)
     compression_level: int = 3
     content_defined_chunking: bool = True
+
+    BOUNDS: ClassVar[Bounds] = {"shard_bytes": (1, None), "row_group_bytes": (1, None)}
+    BOUNDS |= {"compression_level": (1, 22)}  # zstd's levels
 
 
 def sha256_file(path: Path) -> str:

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from medr1_data import __version__
+from medr1_data import Medr1Error, __version__, contracts
 from medr1_data import sources as source_registry
+from medr1_data.contracts import check_input
 from medr1_data.progress import BuildProgress
 from medr1_data.prompts import get_template
 from medr1_data.recipe import Recipe
@@ -57,8 +61,34 @@ class Build:
             print(f"[medr1] {message}", file=sys.stderr, flush=True)
 
 
+def hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached from here (HF_HUB_OFFLINE, or no route to its host), or None."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        return f"{host} cannot be reached ({type(e).__name__})"
+    return None
+
+
+def require_hub(b: Build, needs: list[str], local_way: str) -> None:
+    """Stop at once, naming what needs the Hub and how to run from local files, when the Hub is out of reach."""
+    if not needs:
+        return
+    why = hub_unreachable()
+    if why:
+        raise Medr1Error(
+            f"recipe {b.recipe.name} reads {', '.join(needs)} from the Hub, but {why}; to run from local files, "
+            f"{local_way}"
+        )
+
+
 def stage_ingest(_: pa.Table | None, b: Build) -> pa.Table:
     """Read every source split of the recipe into one canonical table; rejects go to `rejects.parquet`."""
+    hub = [f"source {s.spec}/{s.split}" for s in b.recipe.sources if b.recipe.spec_path(s.spec) is None]
+    require_hub(b, hub, "give each source as NAME=PATH, e.g. --set 'sources=[{spec: medqa=data/medqa, split: train}]'")
     tables, rejects, per_source = [], [], []
     for s in b.recipe.sources:
         name, path = source_registry.parse_spec(s.spec)
@@ -100,15 +130,19 @@ def _mark_dropped(table: pa.Table, reason: pl.Expr, name: str) -> pa.Table:
 def stage_decontam(table: pa.Table, b: Build) -> pa.Table:
     """`contam_*` columns against every benchmark of the recipe; contaminated questions get a drop_reason."""
     from medr1_data.benchmarks import load_benchmark
+    from medr1_data.benchmarks import resolve as resolve_benchmark
     from medr1_data.decontam import decontaminate
 
     r = b.recipe
     folder = r.resolve(r.decontam.benchmark_dir) if r.decontam.benchmark_dir else None
+    hub = [f"benchmark {spec}" for spec in r.decontam.benchmarks if resolve_benchmark(spec, folder)[3] is None]
+    require_hub(b, hub, "set decontam.benchmark_dir (or MEDR1_BENCHMARK_DIR) to a folder of the test files")
     benches = []
     for spec in r.decontam.benchmarks:
         path = r.spec_path(spec)
         name, loaded = load_benchmark(f"{spec.partition('=')[0]}={path}" if path else spec, folder)
         benches.append((name, loaded.table))
+    table = check_input(table, contracts.QUESTIONS, "decontam stage input")
     out, report = decontaminate(table, benches, r.decontam.parsed())
     b.stats["decontam"] = report
     (b.build_dir / "decontam_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -121,7 +155,7 @@ def stage_dedup(table: pa.Table, b: Build) -> pa.Table:
     from medr1_data.dedup import dedup
 
     settings = b.recipe.dedup.parsed()
-    out = dedup(table, settings)
+    out = dedup(check_input(table, contracts.QUESTIONS, "dedup stage input"), settings)
     clusters = pl.from_arrow(out.select(["dup_cluster", "dup_keep"]))
     b.stats["dedup"] = {
         "questions": clusters.height,
@@ -132,10 +166,30 @@ def stage_dedup(table: pa.Table, b: Build) -> pa.Table:
     return _mark_dropped(out, ~pl.col("dup_keep"), "near_duplicate")
 
 
+def require_teacher(recipe: Recipe) -> None:
+    """Stop at once when the recipe's teacher cannot answer (no key, no route) and its cache holds no response."""
+    from medr1_data.teacher import ResponseCache
+    from medr1_data.teacher.client import api_key
+
+    t = recipe.teacher
+    cache = ResponseCache(recipe.resolve(t.cache))
+    if t.offline or t.endpoint == "recorded" or (cache.path.is_file() and cache.path.stat().st_size):
+        return
+    url = urlparse(t.url())
+    local = "to run without a teacher, import responses into the cache or set teacher.offline=true"
+    try:
+        api_key(t)
+        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)), 5).close()
+    except (Medr1Error, OSError) as e:
+        why = str(e) if isinstance(e, Medr1Error) else f"{url.hostname} cannot be reached ({type(e).__name__})"
+        raise Medr1Error(f"recipe {recipe.name} asks the teacher {t.model} at {t.url()}, but {why}; {local}") from None
+
+
 def stage_distill(table: pa.Table, b: Build) -> pa.Table:
     """Teacher traces, one row per (question, sample); questions already dropped are not sent (nothing is paid)."""
     teacher = dataclasses.replace(b.recipe.teacher, cache=str(b.recipe.resolve(b.recipe.teacher.cache)))
     # Questions go in by id, so the traces come out in release order (id, sample_idx) whatever the sources' order.
+    table = check_input(table, contracts.DISTILL, "distill stage input")
     if "drop_reason" not in table.column_names:
         return distill(table.sort_by("id"), teacher, quiet=b.quiet)
     active = table.filter(pa.compute.is_null(table.column("drop_reason"))).sort_by("id")
@@ -153,12 +207,12 @@ def stage_distill(table: pa.Table, b: Build) -> pa.Table:
 
 def stage_verify(table: pa.Table, b: Build) -> pa.Table:
     """`pred_label`, `is_correct`, `verify_reason`."""
-    return verify(table)
+    return verify(check_input(table, contracts.TRACES, "verify stage input"))
 
 
 def stage_score(table: pa.Table, b: Build) -> pa.Table:
     """The `quality` struct and `quality_score` of every trace."""
-    out = score(table, b.recipe.score)
+    out = score(check_input(table, contracts.VERIFIED, "score stage input"), b.recipe.score)
     flags = pl.from_arrow(out.select(["quality"])).select(pl.col("quality").struct.field("flags").explode())
     b.stats["quality_flags"] = dict(flags.drop_nulls().group_by("flags").len().sort("flags").iter_rows())
     b.stats["quality_weights"] = dict(b.recipe.score.weights)
@@ -183,6 +237,9 @@ def stage_shards(table: pa.Table, b: Build) -> pa.Table:
     internal = ["drop_reason", "error", "dup_keep", "contam_benchmark", "contam_item_id", "contam_score", "contam_rule"]
     # No copy of the table is made: kept and dropped rows are taken from it a shard or a row group at a time.
     is_kept = pc.is_null(table.column("drop_reason")).combine_chunks()
+    if not pc.any(is_kept).as_py():
+        counts = ", ".join(f"{k} {v}" for k, v in drop_counts(table).items())
+        raise Medr1Error(f"no trace was kept ({table.num_rows} rows; dropped: {counts}); no release was written")
     _write_rows(table, pc.indices_nonzero(pc.invert(is_kept)), b.build_dir / "dropped.parquet")
     unanswered = unanswered_questions(table)
     pq.write_table(normalize(unanswered), b.build_dir / "unanswered.parquet")
@@ -199,11 +256,12 @@ def stage_shards(table: pa.Table, b: Build) -> pa.Table:
                 "source": table.column("source"),
                 "source_split": table.column("source_split"),
                 "drop_reason": table.column("drop_reason"),
-                "has_reasoning": pc.is_valid(table.column("reasoning")),
             }
         )
     )
     kept = df.filter(pl.col("drop_reason").is_null())
+    not_sent = pl.col("drop_reason").is_in(PRE_TEACHER_DROPS).fill_null(False)
+    drops = drop_counts(table)
     b.stats.update(
         configs=manifest["configs"],
         lengths=length_stats(release, mask=is_kept),
@@ -211,12 +269,14 @@ def stage_shards(table: pa.Table, b: Build) -> pa.Table:
         bytes=sum(f["bytes"] for f in files),
         arrow_bytes=sum(f["arrow_bytes"] for f in files),
         files=files,
-        traces_total=df.filter(pl.col("drop_reason").is_null() | pl.col("has_reasoning")).height,
-        questions_not_sent=df.filter(pl.col("drop_reason").is_in(PRE_TEACHER_DROPS)).height,
+        traces_total=df.filter(~not_sent).height,  # every trace the teacher returned, whatever its shape
+        questions_not_sent=df.filter(not_sent).height,
         questions_total=df["id"].n_unique(),
         questions_kept=kept["id"].n_unique(),
         questions_unanswered=unanswered.num_rows,
-        drop_reasons=drop_counts(table),
+        drop_reasons=drops,
+        trace_drops={k: v for k, v in drops.items() if k not in PRE_TEACHER_DROPS},
+        question_drops={k: v for k, v in drops.items() if k in PRE_TEACHER_DROPS},
         kept_by_source={
             f"{src}/{split}": n
             for src, split, n in kept.group_by("source", "source_split").agg(pl.col("id").n_unique()).iter_rows()

@@ -90,6 +90,9 @@ def _eval_usage(kind: str, base_model: str) -> str:
     return f"Evaluate on the MedR1 benchmark tasks (lm-eval):\n\n```bash\n{command}\n```"
 
 
+CARD_TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}"
+
+
 def model_card(
     *,
     base_model: str,
@@ -143,7 +146,9 @@ def model_card(
         "A research artefact for medical question answering benchmarks; not a medical device and not medical advice.",
         "",
     ]
-    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines)).content
+    # The body is a template variable, never template text: recipe and dataset values are inserted literally.
+    body = "\n".join(lines).removesuffix("\n")  # as the template's own last newline was dropped before
+    return ModelCard.from_template(data, template_str=CARD_TEMPLATE, body=body).content
 
 
 def write_model_card(out: Path | str, **kwargs: Any) -> Path:

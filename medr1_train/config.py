@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from medr1_data import canonical_sha256, config
-from medr1_data.config import ConfigError
+from medr1_data.config import Bounds, ConfigError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_ASSISTANT_FORMAT = "<think>{reasoning}</think>\n<answer>{answer_label}</answer>"
@@ -25,6 +25,10 @@ class ModelConfig:
     attn_implementation: str | None = "sdpa"  # flash_attention_2 where installed: varlen kernels for packing
     load_in_4bit: bool = False  # QLoRA (needs bitsandbytes and a CUDA GPU)
     trust_remote_code: bool = False
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {  # dtype is checked in `validate`
+        "attn_implementation": ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"),
+    }
 
 
 @dataclass
@@ -46,6 +50,12 @@ class DataConfig:
     max_length: int = 4096  # longer examples are dropped (and counted), never cut
     max_rows: int | None = None  # cap on training rows after filtering (smoke runs)
     num_proc: int | None = None
+
+    BOUNDS: ClassVar[Bounds] = {
+        **{k: (1, None) for k in ("max_samples_per_question", "max_rows", "num_proc", "max_per_source")},
+        "min_quality": (0.0, 1.0),
+        "max_length": (16, None),
+    }
 
 
 @dataclass
@@ -87,6 +97,18 @@ class TrainSettings:
     report_to: list[str] = field(default_factory=lambda: ["none"])
     dataloader_num_workers: int = 0
     use_cpu: bool = False
+
+    BOUNDS: ClassVar[Bounds] = {
+        **{k: (0.0, None) for k in ("num_train_epochs", "weight_decay", "max_grad_norm", "dataloader_num_workers")},
+        **{k: (1, None) for k in ("save_total_limit", "eval_steps", "per_device_eval_batch_size")},
+        "learning_rate": (1e-12, None),
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "lr_scheduler_type": (
+            "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+            "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
+        ),
+    }  # fmt: skip
 
 
 @dataclass

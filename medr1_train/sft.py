@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medr1_data.config import missing_local_path
 from medr1_train.config import ConfigError, SFTRecipe, load_config
 
 ADAPTER_DIR = "adapter"
@@ -80,6 +81,8 @@ def load_tokenizer(recipe: SFTRecipe) -> Any:
     from transformers import AutoTokenizer
 
     m = recipe.model
+    if problem := missing_local_path(m.name_or_path):
+        raise ConfigError(f"model.name_or_path {problem}")
     try:
         tok = AutoTokenizer.from_pretrained(m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code)
     except OSError as e:
@@ -221,7 +224,6 @@ def build_trainer(recipe: SFTRecipe, prepared: Any, tokenizer: Any, callbacks: l
 
 def train(recipe: SFTRecipe, callbacks: list | None = None) -> Result:
     """Prepare the data, train (resuming from the last checkpoint when asked), save adapter, card and counts."""
-    from medr1_train.card import write_model_card
     from medr1_train.data import prepare
 
     state = init_state(recipe)
@@ -229,44 +231,31 @@ def train(recipe: SFTRecipe, callbacks: list | None = None) -> Result:
     tokenizer = load_tokenizer(recipe)
     prepared = prepare(recipe.data, tokenizer, seed=recipe.train.seed)
     _log("data: " + ", ".join(f"{k}={v}" for k, v in prepared.stats.items()))
-    trainer = build_trainer(recipe, prepared, tokenizer, callbacks)
+    out = Path(recipe.train.output_dir)
     resume = last_checkpoint(recipe.train.output_dir) if recipe.train.resume else None
+    done = _finished(recipe, resume)
+    if done is not None:
+        _log(f"{out} is finished (step {done['global_step']} of this recipe): nothing to train; recorded numbers kept")
+        return Result(
+            output_dir=out,
+            adapter_dir=out / ADAPTER_DIR,
+            merged_dir=out / MERGED_DIR if (out / MERGED_DIR).is_dir() else None,
+            global_step=done["global_step"],
+            resumed_from=resume,
+            train_loss=done.get("train_loss"),
+            stats=prepared.stats,
+            log_history=done.get("log_history", []),
+        )
+    trainer = build_trainer(recipe, prepared, tokenizer, callbacks)
     if resume:
         _log(f"resuming from {resume}")
     output = trainer.train(resume_from_checkpoint=resume)
-    out = Path(recipe.train.output_dir)
-    adapter_dir = out / ADAPTER_DIR
-    trainer.save_model(str(adapter_dir))
-    merged_dir = None
-    if state.is_main_process:
-        tokenizer.save_pretrained(adapter_dir)
-        meta = {
-            "recipe": recipe.to_dict(),
-            "recipe_file": recipe.source,
-            "recipe_sha256": recipe.sha256,
-            "dataset": prepared.dataset_ref,
-            "data_stats": prepared.stats,
-            "global_step": trainer.state.global_step,
-            "train_loss": output.training_loss,
-        }
-        (adapter_dir / "medr1_train.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-        write_model_card(
-            adapter_dir,
-            base_model=recipe.model.name_or_path,
-            dataset_ref=prepared.dataset_ref,
-            recipe=recipe.to_dict(),
-            recipe_name=recipe.name,
-            recipe_sha256=recipe.sha256,
-            stats=prepared.stats,
-            kind="adapter",
-        )
-        if recipe.train.merge:
-            merged_dir = merge_adapter(recipe, adapter_dir, out / MERGED_DIR)
+    merged_dir = _save(recipe, trainer, tokenizer, prepared, output.training_loss, state)
     state.wait_for_everyone()
-    _log(f"adapter saved to {adapter_dir} (step {trainer.state.global_step})")
+    _log(f"adapter saved to {out / ADAPTER_DIR} (step {trainer.state.global_step})")
     return Result(
         output_dir=out,
-        adapter_dir=adapter_dir,
+        adapter_dir=out / ADAPTER_DIR,
         merged_dir=merged_dir,
         global_step=trainer.state.global_step,
         resumed_from=resume,
@@ -275,6 +264,54 @@ def train(recipe: SFTRecipe, callbacks: list | None = None) -> Result:
         log_history=list(trainer.state.log_history),
         trainer=trainer,
     )
+
+
+def _finished(recipe: SFTRecipe, checkpoint: str | None) -> dict[str, Any] | None:
+    """The run's record (and its log) when this recipe's run already reached its last step, else None."""
+    record = Path(recipe.train.output_dir) / ADAPTER_DIR / "medr1_train.json"
+    state_file = Path(checkpoint) / "trainer_state.json" if checkpoint else None
+    if state_file is None or not state_file.is_file() or not record.is_file():
+        return None
+    meta = json.loads(record.read_text(encoding="utf-8"))
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    last = state.get("max_steps") or 0
+    if meta.get("recipe_sha256") != recipe.sha256 or not last or state.get("global_step", 0) < last:
+        return None
+    return {**meta, "log_history": state.get("log_history", [])}
+
+
+def _save(recipe: SFTRecipe, trainer: Any, tokenizer: Any, prepared: Any, train_loss: float, state: Any) -> Path | None:
+    """Save the adapter, tokenizer, `medr1_train.json` and card (and the merged model when asked)."""
+    from medr1_train.card import write_model_card
+
+    adapter_dir = Path(recipe.train.output_dir) / ADAPTER_DIR
+    trainer.save_model(str(adapter_dir))
+    if not state.is_main_process:
+        return None
+    tokenizer.save_pretrained(adapter_dir)
+    meta = {
+        "recipe": recipe.to_dict(),
+        "recipe_file": recipe.source,
+        "recipe_sha256": recipe.sha256,
+        "dataset": prepared.dataset_ref,
+        "data_stats": prepared.stats,
+        "global_step": trainer.state.global_step,
+        "train_loss": train_loss,
+    }
+    (adapter_dir / "medr1_train.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    write_model_card(
+        adapter_dir,
+        base_model=recipe.model.name_or_path,
+        dataset_ref=prepared.dataset_ref,
+        recipe=recipe.to_dict(),
+        recipe_name=recipe.name,
+        recipe_sha256=recipe.sha256,
+        stats=prepared.stats,
+        kind="adapter",
+    )
+    if not recipe.train.merge:
+        return None
+    return merge_adapter(recipe, adapter_dir, Path(recipe.train.output_dir) / MERGED_DIR)
 
 
 def merge_adapter(recipe: SFTRecipe, adapter_dir: Path, out: Path) -> Path:

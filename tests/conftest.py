@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,22 @@ FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def require_shared(sub: str = "benchmarks") -> Path:
+    """`../shared/data/<sub>`: skipped with a reason where a checkout has none beside it, a failure under CI=true."""
+    folder = SHARED_DATA / sub
+    if not folder.is_dir():
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"CI=true but the real reference data is missing at {folder}: CI must have ../shared beside "
+                        "the checkout")  # fmt: skip
+        pytest.skip(f"real reference data not found at {folder} (present in CI, absent in a user's clone)")
+    return folder
+
+
 @pytest.fixture
 def shared_data() -> Path:
-    """`../shared/data` (real benchmark test sets and R1 traces); skips where a checkout has none beside it."""
-    if not (SHARED_DATA / "benchmarks").is_dir():
-        pytest.skip(f"real reference data not found at {SHARED_DATA} (present in CI, absent in a user's clone)")
-    return SHARED_DATA
+    """`../shared/data` (real benchmark test sets and R1 traces); see `require_shared`."""
+    require_shared("benchmarks")
+    return require_shared("traces").parent
 
 
 @pytest.fixture(autouse=True)

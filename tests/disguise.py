@@ -20,10 +20,17 @@ test must flag it:
 - reordered: the stem's sentences shuffled; one-sentence stems rotate their comma clauses (else stay as they are).
 - synonyms: round(15%) of all the words of stem and options replaced: words of the hand-written SYNONYMS table
   first, the rest by filler words. Neither table is known to the detector.
+- new_options: the stem (and context) verbatim under the options of a clean question (as many as the item has, one
+  of them the answer); short or boilerplate stems do not identify an item this way, so its recall is bounded by the
+  share of distinctive stems.
+
+Kinds and real hard negatives are split into a tuning part (the thresholds of `DecontamSettings` were set on it) and
+a held-out part, only reported (`TUNING_*`, `HELDOUT_*`; tests/test_decontam.py says why this split).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -32,92 +39,27 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-# MedXpertQA rows (`realidx`) that really overlap a MedQA-USMLE test item (its content id), set aside before MedXpertQA
-# and MedExpQA serve as clean hard negatives. Found without the detector: rapidfuzz ratio of every (hard negative,
-# test item) canonical-stem pair (process.cdist) plus exact shared option texts; the 140 pairs with
-# token_set_ratio >= 70 and the same patient age, >= 3 shared numbers or >= 2 shared options (or >= 2 shared options,
-# the same answer text and token_set_ratio >= 55) were read by hand. These 77 describe the same case: a few verbatim
-# stems with 10 options instead of 4, the rest rewrites (same patient, history and findings; some with the age, sex
-# or the question changed). No MedExpQA row, and no overlap with MedMCQA, PubMedQA or MMLU, was found.
-MEDXPERTQA_OVERLAPS: dict[str, str] = {
-    "Text-8": "ha0b9145ec24431af",
-    "Text-39": "ha5f1ee961216c22f",
-    "Text-42": "h3495ac8ed0bfca0a",
-    "Text-73": "h6c9171ac9e1182b1",
-    "Text-92": "hfff27402b2183b42",
-    "Text-93": "h4854407f2198a141",
-    "Text-98": "he4ac790a4a915c7f",
-    "Text-133": "hfbafc0459ad4cd04",
-    "Text-160": "hee606f114cb350eb",
-    "Text-196": "hc7333b2d52e43e2c",
-    "Text-342": "haeca3ab46872b68d",
-    "Text-358": "hcf6bc2f2d0874ba5",
-    "Text-361": "h678897fc1144a642",
-    "Text-366": "hc263840d59ceb47d",
-    "Text-375": "h5481df35211e8f76",
-    "Text-403": "h8c2b022c75e585ce",
-    "Text-445": "hd49a66c77a7a6a32",
-    "Text-458": "haba392a844cdf4c8",
-    "Text-591": "hbe87e9b4b3b5fbde",
-    "Text-669": "h7cdcde5e796ab021",
-    "Text-722": "h7f8f68fae9f2fd06",
-    "Text-820": "h02c8669f77b541da",
-    "Text-823": "hfdce5c8f549c0fa9",
-    "Text-896": "h75db8fcc5c01eb48",
-    "Text-908": "h00a752a7b7b6764f",
-    "Text-919": "h5c9fc1c60152def7",
-    "Text-937": "h36cfd9d53b6629d3",
-    "Text-941": "h3ae1b47434f4cd41",
-    "Text-942": "hfb369c5037efc17a",
-    "Text-954": "h7c65a5de11d68da9",
-    "Text-1017": "hf560b8067afa4ac7",
-    "Text-1040": "ha1e2a9ae5553879d",
-    "Text-1044": "hb92c22ea2870e088",
-    "Text-1057": "h2a305ccf66fc5480",
-    "Text-1089": "h437b3306d6bc4b3a",
-    "Text-1189": "h2389cba4d49980d6",
-    "Text-1194": "h9936e9ea1c352289",
-    "Text-1228": "hf901d63d627209ea",
-    "Text-1230": "h5f33637ad9c031af",
-    "Text-1263": "h0191092db7d3f590",
-    "Text-1320": "h88ef2f165862b7f9",
-    "Text-1383": "hdb0dbde31e5ecdf5",
-    "Text-1461": "hbd02bc1dc3990a93",
-    "Text-1551": "h2cdeced55e9ae915",
-    "Text-1570": "h0d4bf25e75489e1a",
-    "Text-1588": "hf4acfefb89320dc4",
-    "Text-1786": "hc45f44b74b086fdf",
-    "Text-1804": "he3e3dfab8e9fea53",
-    "Text-1834": "h28cb5401a9f6c446",
-    "Text-1859": "h7fb49daba4506604",
-    "Text-1864": "hf370063b8d499d53",
-    "Text-1868": "h117d47e55f9b40f7",
-    "Text-1893": "hdfb439d3ee653fc7",
-    "Text-1905": "hc97ef3b22f80c262",
-    "Text-1909": "h62bbc6867d2c3952",
-    "Text-1912": "h43d7a70533789971",
-    "Text-1976": "he00f348521f2f876",
-    "Text-1980": "hcaf7ffba71c802a3",
-    "Text-1988": "hf1b91b36e72b79df",
-    "Text-2005": "hea015c58c744480d",
-    "Text-2042": "hb59a8db269484b0b",
-    "Text-2082": "hfa5180d610bb5f5f",
-    "Text-2093": "hf70b9bbcd4d53ea8",
-    "Text-2105": "h3df066462a91a248",
-    "Text-2143": "h57215f0482d01068",
-    "Text-2202": "hb16316d90ee4e08c",
-    "Text-2209": "hcf62376a89ef5429",
-    "Text-2251": "h0a20cc81c26fc051",
-    "Text-2253": "h81f27dab32a19ca8",
-    "Text-2298": "hadcc38641bd148ee",
-    "Text-2339": "h7dd933972e59e009",
-    "Text-2353": "h7cdcde5e796ab021",
-    "Text-2355": "h077e02cb2e04f90a",
-    "Text-2391": "h0d631a7f06ca92a4",
-    "Text-2395": "h07728857a887b98a",
-    "Text-2445": "hd1ebdd6711f1eb04",
-    "Text-2446": "h5fb21b6cd62e1681",
-}
+# MedXpertQA rows (`realidx`) that really overlap a MedQA-USMLE test item (its 0-based line in
+# medqa_us_4options_test.jsonl), set aside before MedXpertQA serves as clean hard negatives. Found without the detector:
+# rapidfuzz ratio of every (hard negative, test item) canonical-stem pair (process.cdist) plus exact shared option
+# texts; the 140 pairs with token_set_ratio >= 70 and the same patient age, >= 3 shared numbers or >= 2 shared options
+# (or >= 2 shared options, the same answer text and token_set_ratio >= 55) were read by hand. These 77 describe the
+# same case: a few verbatim stems with 10 options instead of 4, the rest rewrites (same patient, history and findings;
+# some with the age, sex or the question changed). No MedExpQA row, and no overlap with MedMCQA, PubMedQA or MMLU, was
+# found.
+_OVERLAPS = """
+    Text-8=246 Text-39=1247 Text-42=198 Text-73=1170 Text-92=887 Text-93=1142 Text-98=1093 Text-133=963 Text-160=921
+    Text-196=480 Text-342=714 Text-358=583 Text-361=265 Text-366=247 Text-375=241 Text-403=128 Text-445=307
+    Text-458=759 Text-591=862 Text-669=531 Text-722=34 Text-820=592 Text-823=807 Text-896=378 Text-908=965
+    Text-919=337 Text-937=948 Text-941=856 Text-942=145 Text-954=688 Text-1017=1172 Text-1040=1257 Text-1044=381
+    Text-1057=756 Text-1089=358 Text-1189=0 Text-1194=52 Text-1228=706 Text-1230=1198 Text-1263=519 Text-1320=215
+    Text-1383=1076 Text-1461=483 Text-1551=822 Text-1570=332 Text-1588=429 Text-1786=944 Text-1804=549 Text-1834=237
+    Text-1859=878 Text-1864=415 Text-1868=493 Text-1893=1135 Text-1905=587 Text-1909=1007 Text-1912=869
+    Text-1976=664 Text-1980=778 Text-1988=747 Text-2005=953 Text-2042=1245 Text-2082=303 Text-2093=1153
+    Text-2105=423 Text-2143=687 Text-2202=130 Text-2209=928 Text-2251=413 Text-2253=755 Text-2298=621 Text-2339=989
+    Text-2353=531 Text-2355=231 Text-2391=117 Text-2395=73 Text-2445=594 Text-2446=212
+"""
+MEDXPERTQA_OVERLAPS: dict[str, str] = dict(pair.split("=") for pair in _OVERLAPS.split())
 
 KINDS = (
     "verbatim",
@@ -129,7 +71,10 @@ KINDS = (
     "truncated",  # the stem cut to about 70% of its words
     "reordered",  # the stem's sentences in another order
     "synonyms",  # about 15% of the words (stem and options) replaced
+    "new_options",  # the stem verbatim under another item's options
 )
+TUNING_KINDS = ("verbatim", "shuffle", "options_only", "truncated", "synonyms", "new_options")
+HELDOUT_KINDS = ("recase", "stem_only", "wrapped", "reordered", "options_unrelated")
 LABELS = "ABCDEFGHIJ"
 
 WRAPPERS = (
@@ -374,8 +319,12 @@ def disguise(
     *,
     common: set[str] | None = None,
     unrelated_stem: str | None = None,
+    other: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A disguised copy of `item` (a canonical row) of the given kind: a new canonical row, id `gen/train/uid`."""
+    """A disguised copy of `item` (a canonical row) of the given kind: a new canonical row, id `gen/train/uid`.
+
+    `other` is the clean question whose options `new_options` takes.
+    """
     stem = item["question"]
     opts = [t for _, t in _options(item)]
     ans = _answer_text(item)
@@ -415,6 +364,10 @@ def disguise(
         new_stem = _synonyms(stem, 0.15, rng, quota)
         mapped = {t: _synonyms(t, 0.15, rng, quota) for t in opts}
         return _row(item, uid, new_stem, [mapped[t] for t in opts], mapped.get(ans or ""))
+    if kind == "new_options":
+        assert other is not None, "new_options needs a clean question to take the options of"
+        new = [t for _, t in _options(other)][: max(2, len(opts))]
+        return _row(item, uid, stem, new, _answer_text(other) if _answer_text(other) in new else new[0])
     raise ValueError(f"unknown disguise kind '{kind}'")
 
 
@@ -444,11 +397,19 @@ def recombine(items: list[dict[str, Any]], n: int, rng: random.Random, prefix: s
 
 
 TARGETS = ("medqa_us_test", "medmcqa_val", "pubmedqa_test", "mmlu_medical_test")
-HARD_NEGATIVES = ("medxpertqa_r_test", "medxpertqa_u_test", "medexqa_test")
+HARD_NEGATIVES = ("medxpertqa_r_test", "medxpertqa_u_test", "medexqa_test")  # the MCQ files the generated rows mix
+TUNING_NEGATIVES = ("medxpertqa_r_test", "medxpertqa_u_test", "mmlu_medical_dev")
+HELDOUT_NEGATIVES = ("medexqa_test", "pubmedqa_nontest", "mmlu_pro_other")
+MMLU_PRO_FILE = "traces/deepseek_r1_mmlu_pro_hard.json"
+
+
+def item_id(row: dict[str, Any]) -> str:
+    """A benchmark row's natural id (`meta.item_id` where its source sets one, else `source_id`)."""
+    return str(json.loads(row.get("meta") or "{}").get("item_id") or row["source_id"])
 
 
 def load_sets(bench_dir: Path) -> tuple[list[tuple[str, Any]], list[dict[str, Any]]]:
-    """The four available target benchmarks as (name, table), and the clean hard negatives (overlaps set aside)."""
+    """The four available target benchmarks as (name, table), and the clean MCQ hard negatives (overlaps set aside)."""
     from medr1_data.benchmarks import load_benchmark
 
     targets = []
@@ -462,6 +423,40 @@ def load_sets(bench_dir: Path) -> tuple[list[tuple[str, Any]], list[dict[str, An
     return targets, negatives
 
 
+def real_sets(data: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """Real clean hard negatives and real positives (rows that really copy a target item), per set, from `data`.
+
+    Negatives: MedXpertQA minus MEDXPERTQA_OVERLAPS; MMLU dev minus its 5 rows equal to a test row (same question and
+    options); MedExpQA; PubMedQA's 500 expert-labelled non-test abstracts; MMLU-Pro's rows from MMLU subjects that are
+    no target (its `src`). Positives: the MedXpertQA overlaps, the 5 equal MMLU dev rows, and MMLU-Pro's 53 rows from
+    the six target subjects (their stems verbatim, 4-10 options).
+    """
+    from medr1_data.benchmarks import load_benchmark
+    from medr1_data.sources import load
+    from medr1_data.sources.mmlu_medical import SUBJECTS
+
+    bench = data / "benchmarks"
+    neg: dict[str, list[dict[str, Any]]] = {}
+    pos: dict[str, list[dict[str, Any]]] = {}
+    for name in ("medxpertqa_r_test", "medxpertqa_u_test", "medexqa_test"):
+        rows = load_benchmark(name, bench)[1].table.to_pylist()
+        neg[name] = [r for r in rows if r["source_id"] not in MEDXPERTQA_OVERLAPS]
+        pos[f"{name}_medqa"] = [r for r in rows if r["source_id"] in MEDXPERTQA_OVERLAPS]
+    test = load_benchmark("mmlu_medical_test", bench)[1].table.to_pylist()
+    seen = {(r["question"].strip(), tuple(o["text"].strip() for o in r["options"])) for r in test}
+    dev = load(f"mmlu_medical={bench / 'mmlu_medical' / 'dev'}", "dev").table.to_pylist()
+    equal = [(r["question"].strip(), tuple(o["text"].strip() for o in r["options"])) in seen for r in dev]
+    neg["mmlu_medical_dev"] = [r for r, e in zip(dev, equal, strict=True) if not e]
+    pos["mmlu_medical_dev_equal"] = [r for r, e in zip(dev, equal, strict=True) if e]
+    neg["pubmedqa_nontest"] = load(f"pubmedqa={bench / 'pubmedqa'}", "train").table.to_pylist()
+    neg["mmlu_pro_other"], pos["mmlu_pro_mmlu"] = [], []
+    for r in json.loads((data / MMLU_PRO_FILE).read_text(encoding="utf-8")):
+        opts = list(r["options"].values())
+        row = _row({"context": None}, f"mmlu_pro-{r['realidx']}", r["question"], opts, r["options"][r["answer_idx"]])
+        (pos["mmlu_pro_mmlu"] if r["src"] in {f"ori_mmlu-{s}" for s in SUBJECTS} else neg["mmlu_pro_other"]).append(row)
+    return neg, pos
+
+
 def disguised_rows(
     targets: list[tuple[str, Any]],
     per_kind: int | None,
@@ -469,22 +464,27 @@ def disguised_rows(
     common: set[str],
     kinds: Iterable[str] = KINDS,
     unrelated: list[str] | None = None,
+    clean: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
     """Disguised copies of `per_kind` items per kind (all items when None): rows and (kind, benchmark, item id).
 
-    With `unrelated` stems, an extra kind `options_unrelated` pairs the options with an unrelated stem.
+    `options_unrelated` (added whenever `unrelated` stems are given) pairs the options with an unrelated stem;
+    `new_options` takes the options of `clean` questions. Each is skipped without its input.
     """
     items = [(name, r) for name, t in targets for r in t.to_pylist()]
     rng = random.Random(seed)
     rows, truth = [], []
-    kinds = list(kinds) + (["options_unrelated"] if unrelated else [])
+    kinds = [*kinds, *(["options_unrelated"] if unrelated and "options_unrelated" not in kinds else [])]
+    kinds = [k for k in kinds if (k != "new_options" or clean) and (k != "options_unrelated" or unrelated)]
     for kind in kinds:
         picked = items if per_kind is None else random.Random(f"{seed}-{kind}").sample(items, per_kind)
         for k, (name, item) in enumerate(picked):
             uid = f"{kind}-{k}"
             if kind == "options_unrelated":
                 rows.append(disguise(item, "options_only", rng, uid, unrelated_stem=rng.choice(unrelated or [""])))
+            elif kind == "new_options":
+                rows.append(disguise(item, kind, rng, uid, other=rng.choice(clean or [])))
             else:
                 rows.append(disguise(item, kind, rng, uid, common=common))
-            truth.append((kind, name, item["source_id"]))
+            truth.append((kind, name, item_id(item)))
     return rows, truth

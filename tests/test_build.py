@@ -306,3 +306,84 @@ def test_verify_in_batches_equals_verify_at_once(demo, monkeypatch: pytest.Monke
     monkeypatch.setattr(v, "BATCH_ROWS", 7)
     assert v.verify(traces).equals(whole)
     assert whole.column("verify_reason").to_pylist().count("correct") > 20
+
+
+# ------------------------------------------------------------------------- counts, stops and messages at the door
+
+
+def test_a_teacher_that_writes_no_thinking_still_counts_every_trace(tmp_path: Path) -> None:
+    """`teacher traces` counts what the teacher returned, whatever its shape (here: no reasoning at all)."""
+    demo_cache = Path(load_recipe("demo").resolve(load_recipe("demo").teacher.cache)) / "responses.jsonl"
+    lines = []
+    for line in demo_cache.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        rec["message"] = {"role": "assistant", "content": rec["message"]["content"]}
+        lines.append(json.dumps(rec))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "responses.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    overrides = [f"teacher.cache={tmp_path / 'cache'}", "select.min_quality=0", "select.reject_flags=[truncated]"]
+    b = run(load_recipe("demo", overrides), tmp_path / "r", True)
+    rows = dict(summary_rows(b))
+    assert rows["teacher traces"] == 54  # 27 questions sent x 2 samples, as with thinking
+    dropped = sum(v for k, v in rows.items() if k.startswith("  dropped"))
+    assert rows["traces kept"] + dropped == rows["teacher traces"]
+    assert read_release(b.out).column("reasoning").null_count == rows["traces kept"]
+
+
+def test_a_build_that_keeps_nothing_stops_and_writes_no_release(tmp_path: Path) -> None:
+    out = tmp_path / "release"
+    with pytest.raises(Medr1Error, match=r"no trace was kept \(55 rows; dropped: .*\); no release was written"):
+        overrides = ["score.short_reasoning_tokens=1000000", "score.weights={short_reasoning: 1.0}"]
+        run(load_recipe("demo", overrides), out, quiet=True)  # every trace "short": quality 0 < min_quality 0.5
+    assert not out.exists()  # the empty release folder it made is gone; the build folder keeps its checkpoints
+    assert (tmp_path / "release.build" / "checkpoints").is_dir()
+
+
+def test_a_failed_build_leaves_no_empty_folders(tmp_path: Path) -> None:
+    with pytest.raises(Medr1Error):
+        run(load_recipe("demo", ["sources=[{spec: medqa=nosuch.jsonl}]"]), tmp_path / "release", quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_recipe_that_needs_the_hub_says_so_at_once_offline(tmp_path: Path) -> None:
+    with pytest.raises(Medr1Error, match=r"reads source medqa/train.*from the Hub, but HF_HUB_OFFLINE is set; to "
+                       r"run from local files, give each source as NAME=PATH"):  # fmt: skip
+        run(load_recipe("medr1-170k", ["teacher.offline=true"]), tmp_path / "release", quiet=True)
+    medqa = Path(load_recipe("demo").base_dir) / "../demo/medqa_train.jsonl"
+    local = load_recipe("medr1-170k", ["teacher.offline=true", f"sources=[{{spec: medqa={medqa.resolve()}}}]"])
+    with pytest.raises(Medr1Error, match=r"reads benchmark medqa_us_test.*set decontam.benchmark_dir"):
+        run(local, tmp_path / "release", quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["release.build"]  # the ingest checkpoint, for a rerun
+
+
+def test_a_recipe_whose_teacher_cannot_answer_says_so_before_any_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    teacher = ["teacher.endpoint=deepseek", "teacher.offline=false", "teacher.api_key_env=DEEPSEEK_API_KEY"]
+    recipe = load_recipe("demo", [*teacher, f"teacher.cache={tmp_path / 'empty-cache'}"])
+    with pytest.raises(Medr1Error, match=r"asks the teacher .* at https://api.deepseek.com, but environment variable "
+                       r"DEEPSEEK_API_KEY is not set"):  # fmt: skip
+        run(recipe, tmp_path / "release", quiet=True)
+    assert not any(tmp_path.iterdir())
+
+
+def test_card_text_from_the_recipe_is_inserted_literally(tmp_path: Path) -> None:
+    """User text is never a template: Jinja syntax in the recipe's card text reaches the card as written."""
+    text = "Built by {{ user }} {% if x %}with{% endif %} {# not a comment #} care."
+    recipe_file = tmp_path / "recipe.yaml"
+    import yaml
+
+    raw = yaml.safe_load((Path(load_recipe("demo").base_dir) / "demo.yaml").read_text())
+    raw["card"]["summary"] = text
+    raw["card"]["changelog"] = ["v0.1.0: {{ oops }}"]
+    base = Path(load_recipe("demo").base_dir)
+    for s in raw["sources"]:
+        name, _, path = s["spec"].partition("=")
+        s["spec"] = f"{name}={(base / path).resolve()}"
+    raw["decontam"]["benchmarks"] = [f"mcq:demo_test={(base / '../demo/benchmarks/demo_test.jsonl').resolve()}"]
+    raw["teacher"]["cache"] = str((base / raw["teacher"]["cache"]).resolve())
+    recipe_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    b = run(load_recipe(str(recipe_file)), tmp_path / "release", quiet=True)
+    card = (b.out / "README.md").read_text(encoding="utf-8")
+    assert text in card and "- v0.1.0: {{ oops }}" in card

@@ -73,8 +73,15 @@ def test_card_text_tells_the_build_numbers(demo, card) -> None:
     for reason, n in s["reject_reasons"].items():
         assert f"| `{reason}` | {n} |" in text
     table = pq.read_table(demo.build_dir / "dropped.parquet")
+    trace_drops = 0
     for reason, n in drop_counts(table).items():
-        assert f"| dropped: `{reason}` | {n} |" in text
+        if reason in ("contaminated", "near_duplicate"):
+            assert f"| not sent to the teacher: `{reason}` | {n} |" in text
+            assert f"| dropped: `{reason}` |" not in text
+        else:
+            assert f"| dropped: `{reason}` | {n} |" in text
+            trace_drops += n
+    assert f"| generated (every trace the teacher returned) | {trace_drops + s['rows']} |" in text
     for name, b in s["decontam"]["benchmarks"].items():
         assert f"| `{name}` | {b['items_indexed']} | {b['rows_flagged']} |" in text
     assert f"{s['dedup']['questions']} questions form {s['dedup']['clusters_with_duplicates']} clusters" in text
@@ -180,3 +187,19 @@ def test_changelog_section_round_trip(card) -> None:
     assert changelog_lines(text) == ["v0.2.0: b", "v0.1.0: a"]
     assert text.replace("- v0.2.0: b\n- v0.1.0: a\n", "- v0.1.0: first release.\n") == card.text
     assert template_version("medr1-mcq-v1") == "v1" and template_version("custom") == "unversioned"
+
+
+def test_model_card_inserts_recipe_and_dataset_text_literally() -> None:
+    """A recipe value with Jinja syntax (`{#`, `{{ }}`) reaches the model card as written, and never fails it."""
+    from medr1_train.card import model_card
+
+    odd = "lr {# note, {{ not a variable }} {% raw %}"
+    text = model_card(
+        base_model="org/base-{{ x }}",
+        dataset_ref={"dataset": "medr1/reasoning", "revision": "v0.3.1"},
+        recipe={"train": {"note": odd}},
+        recipe_name="r {# n",
+        recipe_sha256="0" * 64,
+        stats={"rows": 3},
+    )
+    assert odd in text and "org/base-{{ x }}" in text and "r {# n" in text

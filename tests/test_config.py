@@ -25,6 +25,24 @@ from medr1_train.config import load_config
         ("decontam.settings.nosuch=1", "decontam.settings: unknown key 'nosuch'"),
         ("sources=[{spec: medqa, split: 3, extra: 1}]", "sources[0]: unknown key 'extra'"),
         ("teacher=5", "teacher: expected a mapping, got int"),
+        ("teacher.samples=0", "teacher.samples: expected a value at least 1, got 0"),
+        ("teacher.endpoint=deepsek", "teacher.endpoint: 'deepsek' is not one of deepseek"),
+        ("teacher.top_p=1.5", "teacher.top_p: expected a value in [0.0, 1.0], got 1.5"),
+        ("teacher.price_output_per_m=-1", "teacher.price_output_per_m: expected a value at least 0.0"),
+        ("select.keep=bestt", "select.keep: 'bestt' is not one of best, all_correct"),
+        ("select.reject_flags=[nosuchflag]", "select.reject_flags: 'nosuchflag' is not one of truncated"),
+        ("select.min_quality=2", "select.min_quality: expected a value in [0.0, 1.0], got 2.0"),
+        ("score.loop_repeats=-1", "score.loop_repeats: expected a value at least 2, got -1"),
+        ("score.weights={hedging: 3}", "score.weights: expected a value in [0.0, 1.0], got 3.0"),
+        ("score.weights={nosuch: 0.5}", "score.weights: 'nosuch' is not one of truncated"),
+        ("output.compression_level=30", "output.compression_level: expected a value in [1, 22], got 30"),
+        ("output.shard_bytes=0", "output.shard_bytes: expected a value at least 1, got 0"),
+        ("dedup.settings.near=2", "dedup.settings.near: expected a value in [0.0, 1.0], got 2.0"),
+        ("dedup.settings.top_k=0", "dedup.settings.top_k: expected a value at least 1, got 0"),
+        ("card.changelog=3", "card.changelog: expected a list, got 3"),
+        ("version=abc", "version: expected MAJOR.MINOR.PATCH (e.g. 1.2.0), got 'abc'"),
+        ("version=1.0", "version: expected MAJOR.MINOR.PATCH"),
+        ("stages=[ingest, fly]", "unknown stage 'fly'"),
     ],
 )
 def test_build_recipe_values_are_typed(override: str, message: str) -> None:
@@ -32,8 +50,25 @@ def test_build_recipe_values_are_typed(override: str, message: str) -> None:
         load_recipe("demo", [override])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--train.lr_scheduler_type", "cosin"], "train.lr_scheduler_type: 'cosin' is not one of linear"),
+        (["--model.attn_implementation", "fa"], "model.attn_implementation: 'fa' is not one of eager"),
+        (["--learning_rate", "-1"], "train.learning_rate: expected a value at least"),
+        (["--data.max_per_source", "{medqa: 0}"], "data.max_per_source: expected a value at least 1, got 0"),
+        (["--data.min_quality", "1.5"], "data.min_quality"),
+        (["--save_total_limit", "0"], "train.save_total_limit: expected a value at least 1, got 0"),
+    ],
+)
+def test_training_recipe_values_are_checked(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("qwen2.5-3b", overrides)
+
+
 def test_typed_values_are_converted_as_their_fields_say() -> None:
-    r = load_recipe("demo", ["select.min_quality=1", "teacher.model=[unclosed", "dedup.settings={source_priority: [a]}"])
+    overrides = ["select.min_quality=1", "teacher.model=[unclosed", "dedup.settings={source_priority: [a]}"]
+    r = load_recipe("demo", overrides)
     assert r.select.min_quality == 1.0 and isinstance(r.select.min_quality, float)
     assert r.teacher.model == "[unclosed"  # not YAML: the text itself
     assert r.dedup.parsed().source_priority == ("a",)

@@ -36,3 +36,45 @@ def test_contributing_lists_every_module() -> None:
         and f"`{p.relative_to(ROOT).parent.as_posix()}/`" not in text
     ]
     assert not missing, f"CONTRIBUTING.md's layout table lacks: {', '.join(missing)}"
+
+
+def test_ci_without_the_shared_data_fails_instead_of_skipping(tmp_path: Path) -> None:
+    """Under CI=true a missing ../shared is a failure with a clear message, not a silent skip."""
+    import os
+    import subprocess
+    import sys
+
+    test = tmp_path / "test_probe.py"
+    test.write_text(
+        "import tests.conftest as c\nfrom pathlib import Path\n"
+        f"c.SHARED_DATA = Path({str(tmp_path / 'nowhere')!r})\n"
+        "def test_probe():\n    c.require_shared('traces')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for ci, outcome in (("true", "1 failed"), ("", "1 skipped")):
+        env["CI"] = ci
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(test)],
+            capture_output=True, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert outcome in run.stdout, run.stdout
+        if ci:
+            assert "CI=true but the real reference data is missing" in run.stdout
+
+
+def test_installed_versions_meet_the_declared_floors() -> None:
+    """Every core dependency installed here is at least the floor pyproject.toml declares (and the floors are the
+    versions the core tests were run on)."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    low = []
+    for text in project["dependencies"]:
+        req = Requirement(text)
+        if not req.specifier.contains(version(req.name), prereleases=True):
+            low.append(f"{req.name} {version(req.name)} does not satisfy {req.specifier}")
+    assert not low, "; ".join(low)

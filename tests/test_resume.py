@@ -260,8 +260,8 @@ def test_build_killed_by_sigkill_in_the_teacher_stage_resumes_without_paying_twi
             time.sleep(0.02)
         time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=10)
-        assert proc.returncode == -signal.SIGKILL
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == -signal.SIGKILL, err
         saved = sorted(p.name for p in (tmp_path / "release.build" / "checkpoints").glob("*.json"))
         assert saved == ["00-ingest.json", "01-decontam.json", "02-dedup.json"]  # killed in distill
         assert sum(s.paid.values()) == 20
@@ -271,3 +271,23 @@ def test_build_killed_by_sigkill_in_the_teacher_stage_resumes_without_paying_twi
         assert sum(s.paid.values()) == 54 and set(s.paid.values()) == {1}  # the 20 paid ones were not asked again
     fresh = run(load_recipe("demo", overrides), tmp_path / "fresh", quiet=True)  # uninterrupted, from the cache
     assert release_bytes(out) == release_bytes(fresh.out)
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.97])
+def test_a_checkpoint_damaged_in_place_reruns_its_stage(
+    reference: stages.Build, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: float
+) -> None:
+    """One flipped bit, same size: the checkpoint is found damaged by its sha256; no release is made from it."""
+    out = tmp_path / "release"
+    run(load_recipe("demo"), out, quiet=True)
+    path = out.parent / "release.build" / "checkpoints" / "03-distill.parquet"
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * where)] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(Medr1Error, match="stage 'distill' before it has no valid checkpoint"):
+        run(load_recipe("demo"), out, quiet=True, from_stage="verify")
+    capsys.readouterr()
+    again = run(load_recipe("demo"), out)
+    assert "checkpoint of distill is damaged" in capsys.readouterr().err
+    assert ran(again) == STAGES[STAGES.index("distill") :]
+    assert release_bytes(out) == release_bytes(reference.out)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pytest
 
@@ -11,6 +9,7 @@ from medr1_data.score import FLAGS, QUALITY_WEIGHTS, ScoreSettings, score
 from medr1_data.select import SelectSettings, select
 from medr1_data.verify import verify
 
+from .conftest import require_shared
 from .corrupt import CORRUPTIONS, corrupt_verified, flagged
 from .real_traces import load_real_traces
 
@@ -18,9 +17,7 @@ from .real_traces import load_real_traces
 @pytest.fixture(scope="module")
 def real() -> pa.Table:
     """The 851 real R1 completions that contain `</think>`, verified."""
-    folder = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
-    if not folder.is_dir():
-        pytest.skip(f"real traces not found at {folder} (present in CI, absent in a user's clone)")
+    folder = require_shared("traces")
     table = load_real_traces(folder)
     table = table.filter(pa.compute.field("has_think_end"))
     assert table.num_rows == 851
@@ -35,9 +32,7 @@ def test_each_corruption_is_flagged_and_clean_traces_are_not(real: pa.Table, kin
 
 
 def test_real_truncated_completions_are_flagged() -> None:
-    folder = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
-    if not folder.is_dir():
-        pytest.skip(f"real traces not found at {folder}")
+    folder = require_shared("traces")
     qwq = load_real_traces(folder, "qwq_32b_*.json")
     cut = qwq.filter(pa.compute.invert(qwq.column("has_think_end")))
     assert cut.num_rows == 58

@@ -165,3 +165,7 @@ def test_resume_continues_from_the_saved_step(tmp_path: Path, tiny_model: Path, 
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    record = (second.adapter_dir / "medr1_train.json").read_bytes()
+    third = train(recipe)  # the run is finished: nothing is trained and the recorded numbers stay
+    assert third.global_step == 6 and third.train_loss == second.train_loss > 0
+    assert (second.adapter_dir / "medr1_train.json").read_bytes() == record

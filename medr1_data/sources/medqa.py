@@ -11,6 +11,8 @@ from medr1_data.sources.base import Question, Source, SourceRow, content_id, opt
 from medr1_data.sources.files import split_file
 from medr1_data.sources.readers import RowError, iter_jsonl, require_str
 
+ITEM_ID = "_item_id"  # raw key the readers add: the row's 0-based line index in the file (or row of the Hub split)
+
 
 @register
 class MedQA(Source):
@@ -24,7 +26,11 @@ class MedQA(Source):
     def local_rows(self, path: Path, split: str) -> Iterator[SourceRow]:
         file = split_file(path, split, ("*{split}.jsonl", "*{split}*.jsonl"))
         for row, raw, text in iter_jsonl(file):
-            yield SourceRow(str(file), row, raw, text)
+            yield SourceRow(str(file), row, raw if isinstance(raw, RowError) else {**raw, ITEM_ID: row - 1}, text)
+
+    def hub_rows(self, dataset: Any, split: str, file: str) -> Iterator[SourceRow]:
+        for r in super().hub_rows(dataset, split, file):
+            yield r if isinstance(r.raw, RowError) else r._replace(raw={**r.raw, ITEM_ID: r.row - 1})
 
     def convert(self, raw: dict[str, Any], split: str, *, hub: bool) -> Question:
         question = require_str(raw, "question")
@@ -34,5 +40,11 @@ class MedQA(Source):
         by_label = dict(options)
         if isinstance(answer, str) and label in by_label and answer.strip() != by_label[label].strip():
             raise RowError("answer_text_mismatch", "answer", f"'{answer[:60]}' is not option {label}")
-        meta = {"exam": raw.get("meta_info")}
+        # The id stays a content hash (stable whatever the file's order); `item_id` is the line index that the official
+        # file and the papers use (decontamination reports it as `contam_item_id`).
+        meta = {"exam": raw.get("meta_info"), "item_id": _str(raw.get(ITEM_ID))}
         return Question(content_id(question, options), question, options, label, None, meta)
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)

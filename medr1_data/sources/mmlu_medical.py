@@ -20,6 +20,7 @@ SUBJECTS = (
     "professional_medicine",
 )
 FILE_SPLIT = {"validation": "val"}  # hendrycks file names say `val`; the Hub says `validation`
+ITEM_ID = "_item_id"  # raw key the readers add: `<subject>/<0-based row of the subject's CSV or Hub split>`
 
 
 @register
@@ -49,19 +50,32 @@ class MMLUMedical(Source):
                 raise Medr1Error(f"{path}: no <subject>_{suffix}.csv files for the medical subjects")
         for file in files:
             subject = file.name.removesuffix(f"_{suffix}.csv").removesuffix(".csv")
+            n = 0  # data rows before this one: the row index the hendrycks files and the Hub share
             for row, cells, text in iter_csv(file):
                 if isinstance(cells, RowError):
                     yield SourceRow(str(file), row, cells, text)
                 elif row == 1 and cells[0].strip().lower() == "question":
                     continue  # some mirrors add a header row (question,choice0..3,answer)
                 else:
-                    yield SourceRow(str(file), row, {"subject": subject, "cells": cells}, text)
+                    raw = {"subject": subject, "cells": cells, ITEM_ID: f"{subject}/{n}"}
+                    yield SourceRow(str(file), row, raw, text)
+                n += 1
 
     def hub_dataset(self, split: str) -> Any:
         import datasets
 
         parts = [datasets.load_dataset(self.hub_id, s, split=split) for s in SUBJECTS]
         return datasets.concatenate_datasets(parts)
+
+    def hub_rows(self, dataset: Any, split: str, file: str) -> Iterator[SourceRow]:
+        seen: dict[str, int] = {}
+        for r in super().hub_rows(dataset, split, file):
+            if isinstance(r.raw, RowError):
+                yield r
+                continue
+            subject = str(r.raw.get("subject"))
+            seen[subject] = seen.get(subject, -1) + 1
+            yield r._replace(raw={**r.raw, ITEM_ID: f"{subject}/{seen[subject]}"})
 
     def convert(self, raw: dict[str, Any], split: str, *, hub: bool) -> Question:
         if hub:
@@ -92,4 +106,5 @@ class MMLUMedical(Source):
             raise RowError("wrong_type", "answer", f"expected a letter or index, got {type(answer).__name__}")
         # MMLU repeats some questions across subjects (college_medicine / college_biology), so the id names it.
         source_id = f"{subject}-{content_id(question, options)}"
-        return Question(source_id, question, options, label, None, {"subject": subject})
+        # `item_id` (`<subject>/<row>`) is how the official files and papers name an item (decontam's `contam_item_id`).
+        return Question(source_id, question, options, label, None, {"subject": subject, "item_id": raw.get(ITEM_ID)})

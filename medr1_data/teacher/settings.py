@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from medr1_data import Medr1Error
+from medr1_data.config import Bounds
 from medr1_data.prompts import get_template
 from medr1_data.teacher.prices import Price, price_for
 
@@ -43,6 +44,23 @@ class TeacherSettings:
     expected_completion_tokens: int | None = None
     label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    BOUNDS: ClassVar[Bounds] = {
+        "samples": (1, None),
+        "temperature": (0.0, 2.0),
+        "top_p": (0.0, 1.0),
+        "max_tokens": (1, None),
+        "concurrency": (1, None),
+        "request_timeout": (0.001, None),
+        "max_retries": (0, None),
+        "backoff_s": (0.0, None),
+        "backoff_max_s": (0.0, None),
+        "price_input_cache_hit_per_m": (0.0, None),
+        "price_input_per_m": (0.0, None),
+        "price_output_per_m": (0.0, None),
+        "expected_completion_tokens": (1, None),
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"endpoint": ENDPOINTS}
 
     def sampling(self) -> dict[str, Any]:
         """The sampling parameters that enter the request key."""
