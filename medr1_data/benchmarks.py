@@ -40,6 +40,14 @@ BENCHMARKS: dict[str, Benchmark] = {
 DEFAULT_BENCHMARKS = ("medqa_us_test", "medmcqa_val", "pubmedqa_test", "mmlu_medical_test", "headqa_en_test")
 
 
+def present(benchmark_dir: Path | str | None = None) -> list[str]:
+    """The registered benchmarks whose file is in the benchmark folder (all default ones when there is no folder)."""
+    folder = benchmark_dir or os.environ.get(BENCHMARK_DIR_ENV)
+    if not folder:
+        return list(DEFAULT_BENCHMARKS)
+    return [name for name, b in BENCHMARKS.items() if (Path(folder) / b.local).exists()]
+
+
 def resolve(spec: str, benchmark_dir: Path | str | None = None) -> tuple[str, str, str, Path | None]:
     """(name, source, split, local path or None for the Hub) for `NAME`, `NAME=PATH` or `mcq:NAME=PATH`."""
     generic = spec.startswith("mcq:")

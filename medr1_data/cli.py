@@ -58,21 +58,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     _write(loaded.table, args.out)
     if args.rejects:
         _write(loaded.rejects, args.rejects)
-    print(
-        _table(
-            [(args.spec, args.split, loaded.table.num_rows, loaded.rejects.num_rows)],
-            ["source", "split", "rows", "rejected"],
-        )
-    )
+    counts = [(args.spec, args.split, loaded.table.num_rows, loaded.rejects.num_rows)]
+    print(_table(counts, ["source", "split", "rows", "rejected"]))
     for reason, n in loaded.reject_counts().items():
         print(f"  rejected: {reason}: {n}")
     if loaded.rejects.num_rows and not args.rejects and not args.quiet:
         first = loaded.rejects.slice(0, 1).to_pylist()[0]
-        print(
-            f"first reject: {first['file']} row {first['row']} field '{first['field']}': {first['reason']} "
-            f"(write them all with --rejects FILE)",
-            file=sys.stderr,
-        )
+        where = f"{first['file']} row {first['row']} field '{first['field']}'"
+        print(f"first reject: {where}: {first['reason']} (write them all with --rejects FILE)", file=sys.stderr)
     return 0
 
 
@@ -140,48 +133,6 @@ def _read(path: Path, contract: Contract) -> Any:
     return check_input(table, contract, str(path))
 
 
-_TEACHER_FLAGS = ("template", "samples", "concurrency", "max_tokens", "temperature", "top_p", "request_timeout")
-_TEACHER_FLAGS += ("max_retries", "expected_completion_tokens")
-_PRICE_FLAGS = {"price_input_cache_hit": "price_input_cache_hit_per_m", "price_input": "price_input_per_m"}
-_PRICE_FLAGS |= {"price_output": "price_output_per_m"}
-
-
-def cmd_distill(args: argparse.Namespace) -> int:
-    from medr1_data import config
-    from medr1_data.teacher import TeacherSettings, estimate, run_distill
-
-    exit_missing = 3  # the run ended but some responses are still missing: rerun the same command
-    url = args.base_url
-    endpoint = args.endpoint or ("deepseek" if url is None or "api.deepseek.com" in url else "openai")
-    key_env = args.api_key_env
-    if key_env is None:
-        key_env = "DEEPSEEK_API_KEY" if endpoint == "deepseek" else ""
-    options = {f: getattr(args, f) for f in _TEACHER_FLAGS} | {f: getattr(args, a) for a, f in _PRICE_FLAGS.items()}
-    given = {k: v for k, v in options.items() if v is not None}
-    base = {"model": args.model, "endpoint": endpoint, "base_url": url, "api_key_env": key_env or None}
-    fields = {**base, "cache": str(args.cache), "offline": args.offline, **given}
-    teacher = config.build(TeacherSettings, fields, "distill options")
-    table = _read(args.input, _contract("DISTILL"))
-    if args.estimate:
-        print(_table(estimate(table, teacher), ["", "estimate"]))
-        return 0
-    if args.out is None:
-        raise Medr1Error("--out is required (only --estimate runs without it)")
-    result = run_distill(table, teacher, quiet=args.quiet)
-    _write(result.table, args.out)
-    print(_table(result.summary(), ["", "value"]))
-    if result.missing:
-        failed = ", ".join(f"{k} {v}" for k, v in result.stats.failures.most_common()) or "not requested"
-        stopped = f"; stopped early: {result.stats.stopped}" if result.stats.stopped else ""
-        print(
-            f"medr1-data: error: {result.missing} of {result.table.num_rows} teacher responses are missing "
-            f"({failed}){stopped}; {args.out} has them with `error`; rerun the same command to request them again",
-            file=sys.stderr,
-        )
-        return exit_missing
-    return 0
-
-
 def cmd_decontam(args: argparse.Namespace) -> int:
     import json
 
@@ -214,6 +165,33 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     clusters = df.filter(pl.col("dup_cluster").is_duplicated())["dup_cluster"].n_unique()
     print(f"{df.height} rows, {clusters} near-duplicate clusters, {int((~df['dup_keep']).sum())} rows not kept")
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from medr1_data.audit import audit
+    from medr1_data.benchmarks import load_benchmark, present
+
+    loaded = [load_benchmark(spec, args.benchmark_dir) for spec in args.benchmark or present(args.benchmark_dir)]
+    r = audit(args.spec, [(n, b.table) for n, b in loaded], args.out, split=args.split, batch_rows=args.batch_rows)
+    acc = r["verification"]["accuracy"]
+    print(
+        f"{r['rows']:,} rows ({r['layout']}): {r['contamination']['rows_flagged']:,} match a benchmark item, "
+        f"{r['duplicates']['duplicate_rows']:,} repeat another question, verified accuracy "
+        f"{'n/a' if acc is None else f'{acc:.2%}'}; report in {args.out}/report.md, rows in {args.out}/flagged.parquet"
+    )
+    return 0
+
+
+def _add_audit(sub: Sub) -> None:
+    s = sub.add_parser("audit", help="check another reasoning dataset for benchmark leaks, duplicates, bad traces")
+    spec_help = "Hub id ORG/NAME[@REV]; LAYOUT=PATH (m23k, ii_medical, openmed, huatuo_o1, messages, question:COL,..."
+    s.add_argument("spec", help=spec_help + "); or a PATH (the layout read from its columns)")
+    s.add_argument("--benchmark", action="append", metavar="SPEC", help="default: all in --benchmark-dir")
+    s.add_argument("--benchmark-dir", type=Path, help="folder of the test files (default: $MEDR1_BENCHMARK_DIR)")
+    s.add_argument("--split", default="train", help="split of a Hub dataset (%(default)s)")
+    s.add_argument("--batch-rows", type=int, default=50_000, help="rows read at a time (%(default)s)")
+    s.add_argument("--out", required=True, type=Path, help="folder for report.json, report.md, flagged.parquet")
+    s.set_defaults(func=cmd_audit)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -305,64 +283,10 @@ def _add_ingest(sub: Sub) -> None:
 
 
 def _add_trace_verbs(sub: Sub) -> None:
-    _table_verb(
-        sub,
-        "verify",
-        cmd_verify,
-        "add pred_label, is_correct, verify_reason to a table of traces",
-        "Parquet file of traces (distill output)",
-    )
-    _table_verb(
-        sub,
-        "score",
-        cmd_score,
-        "add the quality struct and quality_score to verified traces",
-        "Parquet file of verified traces (verify output)",
-        set_help="override a threshold of the score settings, e.g. --set loop_repeats=5",
-    )
-
-
-def _add_distill(sub: Sub) -> None:
-    s = sub.add_parser(
-        "distill",
-        help="ask the teacher for every (question, sample) missing from the response cache; write the traces",
-        description="One request per (question, sample) to an OpenAI-compatible endpoint (DeepSeek's API, vLLM or "
-        "SGLang serving DeepSeek-R1, other providers). Successful responses go to an append-only cache at once; "
-        "rerunning the same command requests only what is missing. Exit code 3: some responses are still missing.",
-    )
-    s.add_argument("input", type=Path, help="Parquet file of questions (ingest output)")
-    s.add_argument("--out", type=Path, help="output Parquet file: one row per (id, sample_idx)")
-    s.add_argument("--model", required=True, help="model name at the endpoint, e.g. deepseek-reasoner")
-    s.add_argument("--base-url", help="OpenAI-compatible base URL, e.g. https://api.deepseek.com, http://host:8000/v1")
-    s.add_argument(
-        "--endpoint",
-        choices=["deepseek", "vllm", "sglang", "openai"],
-        help="kind of endpoint, for the price table (default: deepseek for api.deepseek.com, else openai)",
-    )
-    s.add_argument(
-        "--api-key-env",
-        metavar="VAR",
-        help="environment variable holding the API key (default: DEEPSEEK_API_KEY for DeepSeek, else none)",
-    )
-    s.add_argument("--template", help="prompt template name (default: medr1-mcq-v1)")
-    s.add_argument("--samples", type=int, help="samples per question (default: 1)")
-    s.add_argument("--concurrency", type=int, help="requests in flight (default: 16)")
-    s.add_argument("--max-tokens", type=int, help="completion token limit, thinking included (default: 32768)")
-    s.add_argument("--temperature", type=float, help="sampling temperature (default: 0.6)")
-    s.add_argument("--top-p", type=float, help="nucleus sampling (default: 0.95)")
-    s.add_argument("--request-timeout", type=float, metavar="S", help="seconds per request (default: 1800)")
-    s.add_argument("--max-retries", type=int, metavar="K", help="retries per request (default: 6)")
-    s.add_argument("--cache", type=Path, default=Path("cache/teacher"), metavar="DIR", help="cache (%(default)s)")
-    s.add_argument("--price-input", type=float, metavar="USD", help="USD per 1M input tokens (cache miss)")
-    s.add_argument("--price-input-cache-hit", type=float, metavar="USD", help="USD per 1M cached input tokens")
-    s.add_argument("--price-output", type=float, metavar="USD", help="USD per 1M output tokens")
-    s.add_argument(
-        "--expected-completion-tokens", type=int, metavar="N", help="for --estimate before the cache has responses"
-    )
-    s.add_argument("--estimate", action="store_true", help="print requests, tokens and cost; request nothing")
-    s.add_argument("--offline", action="store_true", help="serve from the cache only; request nothing")
-    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    s.set_defaults(func=cmd_distill)
+    verify_help = "add pred_label, is_correct, verify_reason to a table of traces"
+    _table_verb(sub, "verify", cmd_verify, verify_help, "Parquet file of traces (distill output, a release's shards)")
+    score_help, set_help = "add the quality struct and quality_score to verified traces", "override a score threshold"
+    _table_verb(sub, "score", cmd_score, score_help, "Parquet file of verified traces", set_help=set_help)
 
 
 def _add_question_verbs(sub: Sub) -> None:
@@ -388,14 +312,9 @@ def _add_question_verbs(sub: Sub) -> None:
     )
     s.add_argument("--report", type=Path, help="write the JSON report (per benchmark items and flags, parameters)")
 
-    _table_verb(
-        sub,
-        "dedup",
-        cmd_dedup,
-        "cluster near-duplicate questions (dup_cluster, dup_keep columns)",
-        "Parquet file of canonical question rows",
-        set_help="override a DedupSettings key",
-    )
+    dedup_help, set_help = "cluster near-duplicate questions (dup_cluster, dup_keep)", "override a DedupSettings key"
+    _table_verb(sub, "dedup", cmd_dedup, dedup_help, "Parquet file of questions", set_help=set_help)
+    _add_audit(sub)
 
 
 def _add_build(sub: Sub) -> None:
@@ -450,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medr1-data", description="Build and inspect the MedR1 reasoning dataset.")
     p.add_argument("--version", action="version", version=f"medr1 {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_listings, _add_ingest, _add_trace_verbs, _add_distill, _add_question_verbs):
+    from medr1_data.distill_cli import add_distill
+
+    for add in (_add_listings, _add_ingest, _add_trace_verbs, add_distill, _add_question_verbs):
         add(sub)
     for add in (_add_build, _add_release_verbs):
         add(sub)

@@ -11,10 +11,17 @@ case, punctuation and number formatting are normalised.
    stems in both directions (weights from the benchmark items, so wrapper and boilerplate words weigh little),
    option texts matched exactly or by rapidfuzz ratio (one to one), option-set coverage and Jaccard, the answer text,
    and context containment. The first rule of `RULES` that holds names the flag; `contam_score` is its similarity.
+   A distinctive stem (`stem_distinctive`: enough words and IDF mass) flags whatever the options; an option set
+   shared by more than `optset_max_df` items (yes/no/maybe) is no option evidence either way.
+
+`contam_item_id` is the item's natural id (`item_ids`): MedQA's 0-based line in the official file, MMLU's
+`<subject>/<row>`, MedMCQA's `id`, PubMedQA's PMID. Items with the same canonical text tie; the lowest id wins, and
+weights are quantized so that sums are exact whatever the thread count: outputs are byte-identical run to run.
 
 Every threshold is a field of `DecontamSettings` (the retrieval ones inherited from `IndexSettings`), documented
-there; the defaults are the values tuned on the real test sets (tests/test_decontam.py asserts recall per disguise
-and the false-positive rate; benchmarks/decontam.py measures speed and memory against baselines).
+there. The defaults were tuned on a tuning part of the disguise kinds and real hard negatives and are measured on a
+held-out part (tests/disguise.py, tests/test_decontam.py; `python benchmarks/decontam.py` prints both tables with
+its baselines).
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
 import pyarrow as pa
 
+from medr1_data.config import Bounds
 from medr1_data.index import (
     IndexSettings,
     Side,
@@ -83,11 +91,29 @@ class DecontamSettings(IndexSettings):
     option_cover_weak: float = 0.5  # weaker option support (stem_options rule, with the same answer)
     option_conflict: float = 0.25  # options conflict (block the stem rules) when at most this share is found
     min_option_evidence: float = 3.0  # options rule: IDF mass of the item's option words + stem mass shared
-    option_row_share: float = 0.25  # options rule: below this share of the row's stem weight in the item, the row
-    option_alone_info: float = 3.5  # ... asks another question, and the item's option words need this IDF mass
+    option_row_share: float = 0.25  # options rule: when less of the row's stem weight (words items use) is in the
+    # item, the row asks its own question and its shared stem mass does not count towards `min_option_evidence`
     option_stem_share_common: float = 0.35  # options rule, option set shared by several items: stem share needed
     context_contained: float = 0.8  # context rule: share of the item's context words found in the row's context
     min_context_tokens: int = 30  # context rule: the item's context needs at least this many distinct words
+
+    SHARES: ClassVar[tuple[str, ...]] = (
+        "min_item_share", "min_optgram_share", "min_context_share", "unseen_weight", "near", "near_row",
+        "contained", "wrapped_row_share", "truncated_cover", "stem_with_options", "stem_with_options_row",
+        "option_cover", "option_cover_weak", "option_conflict", "option_row_share", "option_stem_share_common",
+        "context_contained",
+    )  # fmt: skip
+    COUNTS: ClassVar[tuple[str, ...]] = (
+        "ngram_max_df", "word_max_df", "option_max_df", "optset_max_df", "stem_max_df", "context_tokens",
+        "min_option_hits", "min_shared_features", "top_k", "batch_rows", "distinctive_words", "option_short_chars",
+        "min_context_tokens",
+    )  # fmt: skip
+    BOUNDS: ClassVar[Bounds] = {
+        **dict.fromkeys(SHARES, (0.0, 1.0)),
+        **dict.fromkeys(COUNTS, (1, None)),
+        **dict.fromkeys(("min_stem_info", "distinctive_info", "min_option_evidence"), (0.0, None)),
+        **dict.fromkeys(("option_ratio_short", "option_ratio_long"), (0.0, 100.0)),
+    }
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-able dict (for reports)."""
@@ -187,11 +213,11 @@ def confirm(row: Side, item: Side, item_optset_df: int, w: dict[str, float], s: 
     if support and jacc >= s.option_cover:
         if item_optset_df <= 1:
             opt_info = sum(w.get(t, unseen) for t in {t for o in item.opts for t in o.split()})
-            # A row whose stem is mostly its own words asks another question: its options alone must be distinctive.
-            # Words no item uses (templates, wrappers) are no question of the row's own, so they do not count here.
+            # A row whose stem is mostly its own words asks another question: the shared stem words then add no
+            # evidence. Words no item uses (templates, wrappers) are no question of the row's own: not counted.
             known = sum(w[t] for t in row.toks if t in w)
-            alone = shared < s.option_row_share * known
-            if opt_info + shared >= s.min_option_evidence and (not alone or opt_info >= s.option_alone_info):
+            evidence = opt_info + (shared if shared >= s.option_row_share * known else 0.0)
+            if evidence >= s.min_option_evidence:
                 return "options", jacc
         elif c_item >= s.option_stem_share_common:
             return "options", jacc

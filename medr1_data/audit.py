@@ -1,0 +1,214 @@
+"""Audit someone else's reasoning dataset: benchmark leaks with provenance, near-duplicates, verification, quality.
+
+The dataset is read a batch at a time (`batches.py`), each batch mapped to canonical rows (`layouts.py`) and run
+through the same stage functions a build uses: decontamination against a benchmark index built once, verification
+where a gold answer exists, trace-quality scores. Only the question columns of every row are kept for the
+near-duplicate pass at the end, and flagged rows are written as they are found, so memory holds one batch of
+traces at a time. Writes `report.json`, `report.md` and `flagged.parquet` to the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from medr1_data import Medr1Error, contracts
+from medr1_data.batches import Input, hub_batches, local_batches
+from medr1_data.contracts import check_input
+from medr1_data.decontam import BenchmarkIndex, DecontamSettings, build_index, decontaminate
+from medr1_data.dedup import DedupSettings, dedup
+from medr1_data.layouts import Layout, detect_layout, map_rows, parse_layout, required_columns
+from medr1_data.score import score
+from medr1_data.verify import verify
+
+FLAGGED = "flagged.parquet"
+FLAGGED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("row", pa.int64()),
+        ("contam_benchmark", pa.string()),
+        ("contam_item_id", pa.string()),
+        ("contam_rule", pa.string()),
+        ("contam_score", pa.float64()),
+        ("question", pa.string()),
+    ]
+)
+QUESTION_COLUMNS = ["id", "question", "options", "answer_label", "context"]
+EXCERPT_CHARS = 160
+
+
+@dataclass
+class Tally:
+    """What the audit counted so far."""
+
+    rows: int = 0
+    mapped: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    flagged: Counter[tuple[str, str]] = field(default_factory=Counter)
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    verdicts: Counter[str] = field(default_factory=Counter)
+    quality: Counter[str] = field(default_factory=Counter)
+    with_gold: int = 0
+    with_options: int = 0
+    with_reasoning: int = 0
+
+
+def open_input(spec: str, split: str, rows: int) -> tuple[Layout | None, Input, Any]:
+    """(layout or None to detect, input, batches) for `LAYOUT=PATH`, a local PATH or a Hub id `ORG/NAME[@REV]`."""
+    layout_text, sep, where = spec.rpartition("=")
+    layout = parse_layout(layout_text) if sep else None
+    target = where if sep else spec
+    if Path(target).exists() or sep:
+        source, batches = local_batches(Path(target), rows)
+    else:
+        repo, _, rev = target.partition("@")
+        source, batches = hub_batches(repo, split, rows, rev or None)
+    return layout, source, batches
+
+
+def _tally_contamination(t: Tally, flagged: pa.Table, examples: int) -> None:
+    df = pl.from_arrow(flagged)
+    for (bench, rule), n in Counter(zip(df["contam_benchmark"], df["contam_rule"], strict=True)).items():
+        t.flagged[(bench, rule)] += n
+    for row in df.head(examples * 4).iter_rows(named=True):
+        kept = t.examples.setdefault(row["contam_benchmark"], [])
+        if len(kept) < examples:
+            kept.append(row)
+
+
+def _flagged_rows(dec: pa.Table) -> pa.Table:
+    hit = dec.filter(dec.column("contaminated"))
+    ids = hit.column("id")
+    return pa.table(
+        {
+            "id": ids,
+            "row": pa.array([int(i.rsplit("/", 1)[1]) for i in ids.to_pylist()], pa.int64()),
+            "contam_benchmark": hit.column("contam_benchmark"),
+            "contam_item_id": hit.column("contam_item_id"),
+            "contam_rule": hit.column("contam_rule"),
+            "contam_score": hit.column("contam_score").cast(pa.float64()),
+            "question": pc.utf8_slice_codeunits(hit.column("question"), 0, EXCERPT_CHARS),
+        },
+        schema=FLAGGED_SCHEMA,
+    )
+
+
+def _tally_traces(t: Tally, rows: pa.Table) -> None:
+    has_gold = pc.and_(pc.is_valid(rows.column("answer_label")), pc.greater(pc.list_value_length(rows["options"]), 0))
+    t.with_gold += pc.sum(has_gold).as_py() or 0
+    t.with_options += pc.sum(pc.greater(pc.list_value_length(rows["options"]), 0)).as_py() or 0
+    t.with_reasoning += rows.num_rows - rows.column("reasoning").null_count
+    checked = score(verify(check_input(rows, contracts.TRACES, "audit rows")))
+    gold = pl.from_arrow(checked.select(["verify_reason"]).filter(has_gold))
+    t.verdicts.update(dict(gold.group_by("verify_reason").len().iter_rows()))
+    flags = pl.from_arrow(checked.select(["quality"])).select(pl.col("quality").struct.field("flags").explode())
+    t.quality.update(dict(flags.drop_nulls().group_by("flags").len().iter_rows()))
+
+
+def _benchmark_index(benchmarks: list[tuple[str, pa.Table]]) -> BenchmarkIndex:
+    if not benchmarks:
+        raise Medr1Error("audit: no benchmark to check against (give --benchmark SPEC or --benchmark-dir DIR)")
+    return build_index(benchmarks, DecontamSettings())
+
+
+def _scan(spec: str, split: str, index: BenchmarkIndex, out: Path, rows: int, examples: int) -> tuple:
+    """One pass over the dataset: decontam, verify, score per batch. (tally, input, layout, question tables)."""
+    layout, source, batches = open_input(spec, split, rows)
+    t, questions = Tally(), []
+    with pq.ParquetWriter(out / FLAGGED, FLAGGED_SCHEMA) as writer:
+        for batch in batches:
+            if layout is None:
+                layout = detect_layout(batch.schema.names)
+            missing = [c for c in required_columns(layout) if c not in batch.schema.names]
+            if missing:
+                raise Medr1Error(f"{source.describe()}: layout {layout.name} needs column '{missing[0]}'")
+            mapped, rejected = map_rows(batch, layout, split, t.rows)
+            t.rows += batch.num_rows
+            t.mapped += mapped.num_rows
+            t.rejected.update(rejected)
+            if not mapped.num_rows:
+                continue
+            dec, _ = decontaminate(mapped, index)
+            flagged = _flagged_rows(dec)
+            writer.write_table(flagged)
+            _tally_contamination(t, flagged, examples)
+            _tally_traces(t, mapped)
+            questions.append(mapped.select(QUESTION_COLUMNS))
+    if layout is None:
+        raise Medr1Error(f"{source.describe()}: the dataset has no rows")
+    return t, source, layout, questions
+
+
+def _duplicates(questions: list[pa.Table], examples: int) -> dict[str, Any]:
+    if not questions:
+        return {"questions": 0, "clusters_with_duplicates": 0, "duplicate_rows": 0, "examples": []}
+    out = pl.from_arrow(dedup(pa.concat_tables(questions), DedupSettings()).select(["id", "dup_cluster", "dup_keep"]))
+    dups = out.filter(pl.col("dup_cluster").is_duplicated())
+    sample = dups.filter(~pl.col("dup_keep")).head(examples)
+    return {
+        "questions": out.height,
+        "clusters_with_duplicates": dups["dup_cluster"].n_unique(),
+        "duplicate_rows": int((~out["dup_keep"]).sum()),
+        "examples": [{"id": i, "duplicate_of": c} for i, c in sample.select("id", "dup_cluster").iter_rows()],
+    }
+
+
+def audit(
+    spec: str,
+    benchmarks: list[tuple[str, pa.Table]],
+    out: Path,
+    *,
+    split: str = "train",
+    batch_rows: int = 50_000,
+    examples: int = 5,
+) -> dict[str, Any]:
+    """Audit one dataset against the benchmarks; write the report files to `out` and return `report.json`'s data."""
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    index = _benchmark_index(benchmarks)
+    t, source, layout, questions = _scan(spec, split, index, out, batch_rows, examples)
+    dups = _duplicates(questions, examples)
+    del questions
+    per_bench: dict[str, dict[str, Any]] = {
+        name: {"items": n, "rows_flagged": 0, "by_rule": {}, "examples": t.examples.get(name, [])}
+        for name, n in index.counts.items()
+    }
+    for (bench, rule), n in sorted(t.flagged.items()):
+        per_bench[bench]["rows_flagged"] += n
+        per_bench[bench]["by_rule"][rule] = n
+    correct = t.verdicts.get("correct", 0)
+    report = {
+        "dataset": source.describe(),
+        "layout": layout.name if not layout.mapping else f"columns {layout.mapping}",
+        "split": split,
+        "rows": t.rows,
+        "rows_mapped": t.mapped,
+        "rows_not_mapped": dict(t.rejected),
+        "rows_with_options": t.with_options,
+        "rows_with_gold": t.with_gold,
+        "rows_with_reasoning": t.with_reasoning,
+        "contamination": {"rows_flagged": sum(t.flagged.values()), "benchmarks": per_bench},
+        "duplicates": dups,
+        "verification": {
+            "rows": t.with_gold,
+            "accuracy": round(correct / t.with_gold, 4) if t.with_gold else None,
+            "verdicts": dict(sorted(t.verdicts.items())),
+        },
+        "quality_flags": dict(sorted(t.quality.items())),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    from medr1_data.audit_report import render
+
+    (out / "report.md").write_text(render(report), encoding="utf-8")
+    return report
