@@ -8,8 +8,9 @@ Usage: python benchmarks/answers.py [--data ../shared/data] [--show-disagreement
 - R1: the 851 real DeepSeek-R1 completions with `</think>` in ../shared/data/traces/deepseek_r1_*.json, against the
   files' own `predicted_answer` and against that label with the 14 hand-read corrections of
   tests/fixtures/answers/r1_adjudicated.json. QwQ-32B: the 42 completions with `</think>` of its file, apart.
-- Baselines: the extractor as committed at git HEAD, and lm-eval's usual regex `(?i)answer is \\(?([A-J])\\)?`
-  (first match over the whole generation, as lm-eval's `regex` filter takes it).
+- Baselines: the extractor as it was before issue 16 (git BASELINE_REV, loaded from git into a throwaway module),
+  and lm-eval's usual regex `(?i)answer is \\(?([A-J])\\)?` (first match over the whole generation, as lm-eval's
+  `regex` filter takes it).
 
 agreement: the label equals the reference (no answer where none is expected counts as agreement);
 false commit: a label where the reference is none (share of all rows; the count is out of the rows expecting none);
@@ -36,21 +37,25 @@ from tests.real_traces import load_real_traces  # noqa: E402
 
 CORPUS = ROOT / "tests" / "fixtures" / "answers" / "student_corpus.jsonl"
 ADJUDICATED = ROOT / "tests" / "fixtures" / "answers" / "r1_adjudicated.json"
+BASELINE_REV = "cf134e7f4cc85b3897db0b9058e9c28fdd10c85b"  # the last commit before issue 16 changed the extractor
 LM_EVAL_REGEX = re.compile(r"(?i)answer is \(?([A-J])\)?")
 
 Extractor = Callable[[str, list[Any], str | None], str | None]
 
 
-def head_extractor() -> Extractor | None:
-    """`extract` as committed at git HEAD, loaded into a throwaway module (None outside a git checkout)."""
+def baseline_extractor() -> Extractor | None:
+    """`extract` as of BASELINE_REV, loaded into a throwaway module (None outside a git checkout with that commit)."""
     try:
         src = subprocess.run(
-            ["git", "-C", str(ROOT), "show", "HEAD:medr1_data/answers.py"], capture_output=True, text=True, check=True
+            ["git", "-C", str(ROOT), "show", f"{BASELINE_REV}:medr1_data/answers.py"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    module = types.ModuleType("answers_at_head")
-    exec(compile(src, "HEAD:medr1_data/answers.py", "exec"), module.__dict__)
+    module = types.ModuleType("answers_at_baseline")
+    exec(compile(src, f"{BASELINE_REV[:7]}:medr1_data/answers.py", "exec"), module.__dict__)
     return lambda response, options, reasoning: module.extract(response, options, reasoning).label
 
 
@@ -126,8 +131,10 @@ def main() -> None:
     p.add_argument("--show-heldout", action="store_true", help="also the held-out half's (not for tuning rules)")
     args = p.parse_args()
     extractors: dict[str, Extractor] = {"medr1": medr1}
-    if (head := head_extractor()) is not None:
-        extractors["medr1 @ HEAD"] = head
+    if (before := baseline_extractor()) is not None:
+        extractors[f"medr1 @ {BASELINE_REV[:7]}"] = before
+    else:
+        print(f"(git commit {BASELINE_REV[:7]} not available: the pre-issue-16 baseline is left out)")
     extractors["lm-eval regex"] = lm_eval_regex
     students = corpus_rows()
     lines = []

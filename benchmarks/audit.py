@@ -1,11 +1,12 @@
 """`medr1-data audit` at scale: a generated `messages` dataset (II-Medical's layout) of N rows, time and peak memory.
 
-Usage: python benchmarks/audit.py --rows 2200000 [--trace-chars 1500] [--keep DIR] [--data ../shared/data]
+Usage: python benchmarks/audit.py --rows 2200000 [--keep DIR] [--data ../shared/data]
 
 Generates N rows as Parquet: a user turn with a question of 18-40 words drawn from the vocabulary of the real
-MedMCQA validation stems and four lettered options, and an assistant turn `<think>…</think>` + answer with about
-`--trace-chars` characters of reasoning; 1% are re-cased copies of other rows (near-duplicates) and 20 are real
-MedQA test items (planted leaks). Then it runs `medr1-data audit messages=FILE --benchmark-dir …/benchmarks` in a
+MedMCQA validation stems and four lettered options, and an assistant turn `<think>…</think>` + answer taken from
+the 851 real DeepSeek-R1 completions in `../shared/data/traces` (cycled; real lengths, mean about 5K characters of
+thinking); 1% are re-cased copies of other rows (near-duplicates) and 20 are real MedQA test items (planted
+leaks). Then it runs `medr1-data audit messages=FILE --benchmark-dir …/benchmarks` in a
 fresh process and prints its wall time and peak RSS (the child's `ru_maxrss`) beside two baselines measured in the
 same run: the I/O floor (pyarrow scanning the same file in batches) and the layout mapping alone (every row
 parsed into a question and a trace, nothing checked).
@@ -24,12 +25,11 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CHUNK = 100_000
+CHUNK = 50_000
 PLANTED = 20
 
 
@@ -46,13 +46,23 @@ def _chat(prompt: str, reasoning: str, answer: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, assistant]
 
 
-def generate(path: Path, rows: int, trace_chars: int, bench_dir: Path, seed: int) -> None:
+def real_completions(traces_dir: Path) -> list[tuple[str, str]]:
+    """(reasoning, response) of the real R1 completions that closed their thinking."""
+    from tests.real_traces import load_real_traces
+
+    t = load_real_traces(traces_dir)
+    pairs = zip(t.column("reasoning").to_pylist(), t.column("response").to_pylist(), strict=True)
+    return [(r, a) for r, a in pairs if r and a]
+
+
+def generate(path: Path, rows: int, data: Path, seed: int) -> None:
     """Write the dataset, CHUNK rows per row group."""
     rng = random.Random(seed)
+    bench_dir = data / "benchmarks"
     words = vocabulary(bench_dir)
+    traces = real_completions(data / "traces")
     medqa = (bench_dir / "medqa_us_4options_test.jsonl").read_text(encoding="utf-8").splitlines()
     plant_at = set(rng.sample(range(rows), PLANTED))
-    filler = " ".join(rng.choice(words) for _ in range(trace_chars // 7))
     schema = pa.schema([("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))])
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for start in range(0, rows, CHUNK):
@@ -68,15 +78,15 @@ def generate(path: Path, rows: int, trace_chars: int, bench_dir: Path, seed: int
                     opts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 4))) for _ in range(4)]
                     prompt = stem + "\n" + "\n".join(f"{'ABCD'[k]}. {o}" for k, o in enumerate(opts))
                     recent = [*recent, prompt][-100:]
-                letter = "ABCD"[i % 4]
-                batch.append({"messages": _chat(prompt, f"Step {i}. {filler}", f"The answer is {letter}.")})
+                reasoning, answer = traces[i % len(traces)]
+                batch.append({"messages": _chat(prompt, reasoning, answer)})
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
 
 
 def io_floor(path: Path) -> float:
     """Seconds to scan the file in batches (reading and decoding every value)."""
     start = time.perf_counter()
-    for batch in pads.dataset(path).to_batches(batch_size=50_000):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
         batch.column(0).flatten()
     return time.perf_counter() - start
 
@@ -86,7 +96,7 @@ def mapping_only(path: Path) -> float:
     from medr1_data.layouts import Layout, map_rows
 
     start, offset = time.perf_counter(), 0
-    for batch in pads.dataset(path).to_batches(batch_size=50_000):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
         map_rows(batch, Layout("messages"), "train", offset)
         offset += batch.num_rows
     return time.perf_counter() - start
@@ -109,7 +119,6 @@ def main() -> None:
     """Generate the dataset, time the baselines and the audit, print the table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=2_200_000)
-    p.add_argument("--trace-chars", type=int, default=1500)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--keep", type=Path, help="generate into this folder and keep it (default: a temporary one)")
     p.add_argument("--seed", type=int, default=0)
@@ -120,8 +129,9 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         data = work / "messages.parquet"
         t0 = time.perf_counter()
-        generate(data, args.rows, args.trace_chars, bench_dir, args.seed)
-        print(f"generated {args.rows:,} rows ({data.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.0f}s")
+        if not (args.keep and data.exists() and pq.ParquetFile(data).metadata.num_rows == args.rows):
+            generate(data, args.rows, args.data, args.seed)  # a kept dataset of the same size is reused
+        print(f"{args.rows:,} rows ({data.stat().st_size / 1e6:,.0f} MB), ready in {time.perf_counter() - t0:.0f}s")
         floor, mapping = io_floor(data), mapping_only(data)
         seconds, peak, line = run_audit(data, bench_dir, work / "audit")
         report = json.loads((work / "audit" / "report.json").read_text())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 # Every number the extractor uses, in one place. Measured on tests/fixtures/answers/ (`python benchmarks/answers.py`).
@@ -14,6 +15,7 @@ CONTENT_CHARS = 200  # an <answer> tag is read up to 200 characters when it is n
 LIST_GAP_LINES = 2  # lines of one option list may be separated by at most 2 other non-blank lines
 LIST_MIN_OPTIONS = 2  # lines naming at least 2 different options at their start make an option list
 NEGATION_CHARS = 16  # an option mention this close after "not", "than", "except", ... is not a conclusion
+LINE_SLACK_CHARS = 16  # a line longer than the longest option text by more than 16 characters is no option alone
 SOLE_MAX_SENTENCES = 3  # a short answer (at most 3 sentences) that names one option and no other commits to it
 BARE_STRIP = "*_()[]. :"  # what may surround a label given alone ("**C**", "(C).")
 # Rules that decide "no answer" on purpose: verification does not fall back to the reasoning after them.
@@ -38,38 +40,59 @@ _ADJ = (
 )
 _VERB = r"(?:is|would\s+be|should\s+be|will\s+be|must\s+be|seems\s+to\s+be)"
 _COLON = r"(?P<colon>[:：=\-–—])"
-# Committing heads, each followed by what it commits to; `text` says whether an option's text may follow.
-HEADS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
-    (
+
+
+class Head(NamedTuple):
+    """A committing head (lowercase regex), whether an option's text may follow it, and its literal `starts`.
+
+    Python's `re` has no literal prefilter for a pattern that opens with `\b` or an alternation, and `(?i)` slows every
+    step: each head is tried only where its `starts` regex (a plain alternation of its first words) matches.
+    """
+
+    rule: str
+    pattern: re.Pattern[str]
+    allow_text: bool
+    starts: re.Pattern[str]
+
+
+_ADJ_WORDS = "most|best|likeliest|correct|right|preferred|final"
+HEADS: tuple[Head, ...] = (
+    Head(
         "answer_is",
         re.compile(
-            rf"(?i)(?:\b(?:(?:{_ADJ}|my)\s+)?(?:answer\b|ans\b\.?)(?:\s+(?:here|then|now|to\s+(?:the|this)\s+question))?"
+            rf"(?:\b(?:(?:{_ADJ}|my)\s+)?(?:answer\b|ans\b\.?)(?:\s+(?:here|then|now|to\s+(?:the|this)\s+question))?"
             rf"|\b(?:correct|best|right|final)\s+(?:option|choice))(?:\s+{_VERB})?\s*{_COLON}?"
         ),
         True,
+        re.compile(rf"{_ADJ_WORDS}|my|ans"),
     ),
-    (
+    Head(
         "committing_sentence",
         re.compile(
-            rf"(?i)(?:\b{_ADJ}\b[^.\n;:!?]{{0,{HEAD_GAP_CHARS}}}?\b{_VERB}"
+            rf"(?:\b{_ADJ}\b[^.\n;:!?]{{0,{HEAD_GAP_CHARS}}}?\b{_VERB}"
             r"|\b(?:diagnosis|next\s+step|treatment|management|mechanism|pattern|drug\s+of\s+choice)\b"
             rf"[^.\n;:!?]{{0,{HEAD_GAP_CHARS}}}?\b(?:is|would\s+be))\s*{_COLON}?"
         ),
         True,
+        re.compile(rf"{_ADJ_WORDS}|diagnosis|next|treatment|management|mechanism|pattern|drug"),
     ),
-    (
+    Head(  # "I would choose C", "I'll go with C", "going with C": the verb alone says it
         "commit_verb",
-        re.compile(
-            r"(?i)\b(?:I(?:'d|’d|'ll|’ll|\s+would|\s+will)?\s+(?:choose|pick|select|go\s+with|opt\s+for)"
-            r"|(?:going|go)\s+with|choose|select|pick)\b\s*(?P<colon>:)?"
-        ),
+        re.compile(r"\b(?:go(?:ing)?\s+with|choose|select|pick|opt\s+for)\b\s*(?P<colon>:)?"),
         True,
+        re.compile(r"go(?:ing)?\s+with|choose|select|pick|opt\s+for"),
     ),
-    ("commit_verb", re.compile(r"(?i)\bit(?:'s|’s|\s+is|\s+must\s+be|\s+would\s+be)\b\s*(?P<colon>:)?"), False),
-    (
+    Head(
+        "commit_verb",
+        re.compile(r"\bit(?:'s|’s|\s+is|\s+must\s+be|\s+would\s+be)\b\s*(?P<colon>:)?"),
+        False,
+        re.compile(r"it(?:'s|’s|\s+is|\s+must|\s+would)"),
+    ),
+    Head(
         "cjk_answer",
         re.compile(r"(?:(?:正确)?(?:答案|选项)\s*(?:是|为|為|应为|應為)?|(?:故|因此|应)选)\s*(?P<colon>[:：])?"),
         False,
+        re.compile(r"正确|答案|选项|故|因此|应"),
     ),
 )
 TARGET = re.compile(
@@ -97,12 +120,12 @@ TEXT_LEAD = re.compile(r"[\s*_`\"']*(?:(?i:a|an|the)\s+)?")
 OR_TAIL = re.compile(r"[\s*_]*(?:,|/|\bor\b|\band\b|\bvs\b\.?|\bversus\b)\s*(?:(?:a|an|the)\s+)?", re.IGNORECASE)
 WORD_AFTER = re.compile(r"(?=[\s*_\"'”’)]*(?:[.,;:!?\n]|$|\s(?:because|since|as|given)\b))")
 IS_CORRECT = re.compile(
-    r"[*_]*\s+(?:is|would\s+be|seems\s+to\s+be)\s+(?:the\s+)?(?:(?:correct|right|best)\b|most\s+(?:likely|appropriate|"
-    r"probable)\b|answer\b)",
-    re.IGNORECASE,
+    r"\b(?:is|would\s+be|seems\s+to\s+be)\s+(?:the\s+)?(?:(?:correct|right|best)\b|most\s+(?:likely|appropriate|"
+    r"probable)\b|answer\b)"
 )
+IS_CORRECT_STARTS = re.compile(r"is\s+(?:the\s+)?[crbma]|would\s+be|seems\s+to")
 LABEL_BEFORE = re.compile(
-    r"(?:^|[\n.!?:;,(\[*]\s*|\b(?i:option|choice|answer|so|thus|hence|therefore|then|and|but|that)\s+)"
+    r"(?:^|[\n.!?:;,(\[*]\s*|\b(?i:option|choice|answer|so|thus|hence|therefore|then|and|but|that|think|believe)\s+)"
     r"(?:(?i:option|choice)\s+)?[(\[]?(?P<x>[A-Z])[)\]]?[*_]*$"
 )
 PAREN_LABEL_END = re.compile(r"\s*\((?:(?i:option|choice)\s+)?(?P<x>[A-Z])\)[*_]*$")
@@ -146,11 +169,6 @@ def _norm(text: str) -> str:
     return re.sub(r"[\s*_`.,:;!?()\[\]\"']+", " ", text).strip().lower()
 
 
-def after_thinking(text: str) -> str:
-    """The part of a completion after its last `</think>` (the whole text when there is none)."""
-    return text.rsplit("</think>", 1)[-1]
-
-
 def final_part(text: str) -> str:
     """The answer part of a response: after its inline thinking; empty when a thinking block never closed."""
     for opening, closing in THINKING:
@@ -165,33 +183,41 @@ def final_part(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4096)
+def _option_set(
+    pairs: tuple[tuple[str, str], ...],
+) -> tuple[tuple[str, ...], list[tuple[str, str]], int, dict[str, str]]:
+    """Labels, normalised option texts (longest first), the longest text's length, and the word answers."""
+    texts = sorted(((lab, _norm(t)) for lab, t in pairs if _norm(t)), key=lambda p: -len(p[1]))
+    # Word answers (PubMedQA's yes/no/maybe) are accepted in place of a letter when they are option texts.
+    by_word = {t.strip().lower(): lab for lab, t in pairs if len(t.split()) == 1 and not t.strip().isupper()}
+    return tuple(lab for lab, _ in pairs), texts, max((len(t) for _, t in pairs), default=0), by_word
+
+
 class _Context:
     """One response and one option set: labels, option texts, and the text with option lists blanked out."""
 
     def __init__(self, text: str, options: Sequence[Any]) -> None:
-        pairs = [(str(o["label"]), str(o["text"])) if isinstance(o, dict) else (str(o[0]), str(o[1])) for o in options]
+        pairs = tuple(
+            (str(o["label"]), str(o["text"])) if isinstance(o, dict) else (str(o[0]), str(o[1])) for o in options
+        )
         self.text = text
-        self.labels = tuple(lab for lab, _ in pairs)
-        self.texts = sorted(((lab, _norm(t)) for lab, t in pairs if _norm(t)), key=lambda p: -len(p[1]))
-        # Word answers (PubMedQA's yes/no/maybe) are accepted in place of a letter when they are option texts.
-        self.by_word = {t.strip().lower(): lab for lab, t in pairs if len(t.split()) == 1 and not t.strip().isupper()}
-        self.list_lines: list[tuple[int, str]] = []  # (line start, line) of every option-list line
+        self.labels, self.texts, self.longest, self.by_word = _option_set(pairs)
+        self.list_lines: list[str] = []  # every line of an option list
         self.masked = self._mask_lists()
 
     def _list_label(self, line: str) -> str | None:
         m = LIST_LINE.match(line)
         if m and m["x"] in self.labels:
             return m["x"]
+        if len(line) > self.longest + LINE_SLACK_CHARS:
+            return None
         n = _norm(line)
         return next((lab for lab, t in self.texts if n == t), None) if n else None
 
     def _mask_lists(self) -> str:
         """The text with every line of an option list (2+ options at line starts, close together) blanked."""
         lines = self.text.splitlines(keepends=True)
-        starts, pos = [], 0
-        for line in lines:
-            starts.append(pos)
-            pos += len(line)
         runs: list[list[tuple[int, str]]] = []
         gap = LIST_GAP_LINES + 1
         for i, line in enumerate(lines):
@@ -207,26 +233,24 @@ class _Context:
         for run in runs:
             if len({label for _, label in run}) >= LIST_MIN_OPTIONS:
                 for i, _ in run:
-                    self.list_lines.append((starts[i], lines[i].rstrip("\r\n")))
+                    self.list_lines.append(lines[i].rstrip("\r\n"))
                     masked[i] = re.sub(r"[^\n]", " ", lines[i])
         return "".join(masked)
 
     def option_at(self, text: str, pos: int) -> tuple[str | None, int]:
         """The option whose text starts at `pos` (after an article), and where it ends; HEDGE for "X or Y"."""
         pos = TEXT_LEAD.match(text, pos).end()  # type: ignore[union-attr]
+        if text[pos : pos + 1] in (".", "!", "?", ";", ")"):
+            return None, pos  # "not the answer here. Nasometer: ..." names no option after "answer"
         seg = _norm(text[pos : pos + TARGET_CHARS]) + " "
         for lab, t in self.texts:
             if seg.startswith(t + " ") and not seg[len(t) + 1 :].startswith("-"):
                 end = pos + _raw_len(text, pos, t)
                 tail = OR_TAIL.match(text, end)
-                if tail and (other := self._text_starting(text, tail.end())) and other != lab:
+                if tail and (other := self.option_at(text, tail.end())[0]) and other != lab:
                     return HEDGE, end
                 return lab, end
         return None, pos
-
-    def _text_starting(self, text: str, pos: int) -> str | None:
-        seg = _norm(text[pos : pos + TARGET_CHARS]) + " "
-        return next((lab for lab, t in self.texts if seg.startswith(t + " ")), None)
 
 
 def _raw_len(text: str, pos: int, normalized: str) -> int:
@@ -279,21 +303,40 @@ def _target(ctx: _Context, text: str, pos: int, colon: bool, allow_text: bool) -
     return None
 
 
-def _statements(
-    ctx: _Context, text: str, heads: Sequence[tuple[str, re.Pattern[str], bool]] = HEADS
-) -> Extraction | None:
+def _lower(text: str) -> str:
+    """`text` lowercased character by character, so that every offset still points at the same character."""
+    low = text.lower()
+    return low if len(low) == len(text) else "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+
+
+def _search(pattern: re.Pattern[str], starts: re.Pattern[str], low: str) -> Iterator[re.Match[str]]:
+    """The matches of a lowercase `pattern` in `low` that begin where `starts` matches."""
+    for t in starts.finditer(low):
+        if m := pattern.match(low, t.start()):
+            yield m
+
+
+def _statements(ctx: _Context, text: str, heads: Sequence[Head] = HEADS) -> Extraction | None:
     """The last committing statement ("the answer is C", "C is correct", "I'd go with C", "答案是C")."""
     best: tuple[int, str, str] | None = None
-    for rule, head, allow_text in heads:
-        for m in head.finditer(text):
-            label = _target(ctx, text, m.end(), bool(m.groupdict().get("colon")), allow_text)
+    low = _lower(text)
+    for head in heads:
+        if head.rule == "cjk_answer" and text.isascii():
+            continue
+        for m in _search(head.pattern, head.starts, low):
+            label = _target(ctx, text, m.end(), bool(m.groupdict().get("colon")), head.allow_text)
             if label and (best is None or m.end() > best[0]):
-                best = (m.end(), label, rule)
+                best = (m.end(), label, head.rule)
     if len(heads) == len(HEADS):  # the reasoning fallback reads only "the answer is X"
-        for m in IS_CORRECT.finditer(text):
+        for m in _search(IS_CORRECT, IS_CORRECT_STARTS, low):
             label = _before(ctx, text, m.start())
             if label and (best is None or m.start() > best[0]):
                 best = (m.start(), label, "is_correct")
+    return _pick(best)
+
+
+def _pick(best: tuple[int, str, str] | None) -> Extraction | None:
+    """The (position, label, rule) kept as an Extraction; a hedge commits to nothing."""
     if best is None:
         return None
     return Extraction(None, "hedge", "response") if best[1] == HEDGE else Extraction(best[1], best[2], "response")
@@ -301,7 +344,7 @@ def _statements(
 
 def _before(ctx: _Context, text: str, end: int) -> str | None:
     """The option named just before "is correct": a label ("(D)", "option C") or an option's text ("Lithium")."""
-    seg = text[max(0, end - TARGET_CHARS) : end]
+    seg = text[max(0, end - TARGET_CHARS) : end].rstrip()
     if (m := PAREN_LABEL_END.search(seg) or LABEL_BEFORE.search(seg)) and m["x"] in ctx.labels:
         return m["x"]
     tail = re.sub(r"\s+", " ", seg.rsplit("\n", 1)[-1]).rstrip("*_ ").lower()
@@ -321,17 +364,12 @@ def _explicit(ctx: _Context, text: str) -> Extraction | None:
             label = _content(ctx, m.group(1))
             if label and (best is None or m.end() > best[0]):
                 best = (m.end(), label, rule)
-    if best is None:
-        return None
-    return Extraction(None, "hedge", "response") if best[1] == HEDGE else Extraction(best[1], best[2], "response")
+    return _pick(best)
 
 
 def _content(ctx: _Context, raw: str) -> str | None:
     """What a tag or box holds: a label (any case), a word answer or an option's text; HEDGE for "B or C"."""
-    s = raw
-    for _ in range(2):
-        s = LATEX.sub(r"\1", s)
-    s = s.replace("$", "").strip()
+    s = LATEX.sub(r"\1", LATEX.sub(r"\1", raw)).replace("$", "").strip()  # \text{\textbf{C}} too
     m = re.match(r"[\s*_(\[]*(?i:option\s*)?(?P<x>[A-Za-z])(?![A-Za-z0-9-])", s)
     if m and m["x"].upper() in ctx.labels:
         label = m["x"].upper()
@@ -350,13 +388,7 @@ def _content(ctx: _Context, raw: str) -> str | None:
 def _lines(ctx: _Context) -> Extraction | None:
     """A label, `X) option text`, or an option's text alone on the first or last line (or as the whole response)."""
     lines = [ln for ln in ctx.masked.splitlines() if ln.strip()]
-    if not lines:
-        return None
-    whole = _norm(ctx.masked)
-    for lab, t in ctx.texts:
-        if whole == t:
-            return Extraction(lab, "option_text", "response")
-    for line in (lines[-1], lines[0]):
+    for line in (ctx.masked, lines[-1], lines[0]) if lines else ():
         m = BARE_LINE.match(line)
         if m and m["x"] in ctx.labels:
             return Extraction(m["x"], "bare_label", "response")
@@ -375,16 +407,15 @@ def _lines(ctx: _Context) -> Extraction | None:
 def _verdict(ctx: _Context) -> Extraction | None:
     """Exactly one line of an option list marked correct ("C. Acute mesenteric ischemia - Correct.")."""
     marked = set()
-    for _, line in ctx.list_lines:
+    for line in ctx.list_lines:
         m = LIST_LINE.match(line)
         if not m:
             continue
         rest, own = m["rest"], dict(ctx.texts).get(m["x"], "")
-        n = _norm(rest)
-        if own and n.startswith(own):
+        if own and _norm(rest).startswith(own):
             rest = rest[_raw_len(rest, 0, own) :]
-        if VERDICT.search(rest):
-            marked.add(m["x"])
+        if VERDICT.search(rest) or re.search(rf"\b{m['x']}\)?\s+is\s+(?:the\s+)?(?:correct|right|best)\b", rest):
+            marked.add(m["x"])  # "D: ... So D is correct."
     return Extraction(marked.pop(), "option_verdict", "response") if len(marked) == 1 else None
 
 
@@ -435,17 +466,9 @@ def extract(response: str | None, options: Sequence[Any], reasoning: str | None 
         return Extraction(None, "multiple_labels", "response")  # "D,F,G,I" commits to no single option
     if text:
         ctx = _Context(text, options)
-        for read in (
-            lambda: _explicit(ctx, text),
-            lambda: _statements(ctx, ctx.masked, HEADS),
-            lambda: _lines(ctx),
-            lambda: _verdict(ctx),
-            lambda: _word_start(ctx),
-            lambda: _conclusion(ctx),
-            lambda: _sole_mention(ctx),
-        ):
-            if found := read():
-                return found
+        found = _explicit(ctx, text) or _statements(ctx, ctx.masked) or _lines(ctx) or _verdict(ctx)
+        if found := found or _word_start(ctx) or _conclusion(ctx) or _sole_mention(ctx):
+            return found
     if reasoning:
         tail = reasoning[-REASONING_TAIL_CHARS:]
         ctx = _Context(tail, options)

@@ -1,6 +1,6 @@
 """Any dataset as a stream of record batches: local Parquet, JSON lines or JSON files, or a Hub dataset.
 
-Parquet is scanned with `pyarrow.dataset` and JSON lines with pyarrow's streaming JSON reader, so memory holds a
+Parquet is read a row group at a time and JSON lines with pyarrow's streaming JSON reader, so memory holds a
 batch, not the file; a `.json` file holding one JSON array is read whole (that format cannot be streamed); a Hub
 dataset is streamed with `datasets` (`streaming=True`), and its id and revision are recorded.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.json as pa_json
+import pyarrow.parquet as pq
 
 from medr1_data import Medr1Error
 
@@ -70,8 +70,8 @@ def local_batches(path: Path, rows: int) -> tuple[Input, Iterator[pa.RecordBatch
     def gen() -> Iterator[pa.RecordBatch]:
         for file in files:
             if file.suffix == ".parquet":
-                try:
-                    yield from pads.dataset(file, format="parquet").to_batches(batch_size=rows)
+                try:  # one row group at a time, no read-ahead: memory holds a batch
+                    yield from pq.ParquetFile(file).iter_batches(batch_size=rows)
                 except (pa.ArrowInvalid, OSError) as e:
                     raise Medr1Error(f"{file}: cannot read as Parquet: {' '.join(str(e).split())[:300]}") from None
             else:

@@ -42,6 +42,13 @@ _TEACHER_RUNTIME_KEYS = (
     "backoff_max_s",
     "expected_completion_tokens",
     "label",
+    "endpoints",
+    "engine",
+    "stream",
+    "stall_timeout",
+    "breaker_failures",
+    "breaker_cooldown_s",
+    "ray",
 )
 
 

@@ -51,7 +51,7 @@ class IndexSettings:
     ngram_max_df: int = 10  # a bigram (stem, options, context) used by more benchmark items is boilerplate
     word_max_df: int = 3  # a single stem word retrieves only when at most this many items use it
     option_max_df: int = 3  # an option text retrieves only when at most this many items use it
-    optset_max_df: int = 50  # exact option sets shared by more items do not retrieve
+    optset_max_df: int = 50  # exact option sets shared by more items do not retrieve, nor count as option evidence
     stem_max_df: int = 50  # exact stems shared by more items do not retrieve
     context_tokens: int = 128  # context words (from the start) that feed the context view
     min_item_share: float = 0.35  # candidate: shared rare stem n-gram weight / the item's own is at least this

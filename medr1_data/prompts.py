@@ -12,6 +12,11 @@ SYSTEM_PROMPT = (
     "of the one best option."
 )
 
+# The assistant turn of a training conversation: the answer as the system prompt asks for it, and the thinking put
+# before it, inline, for chat templates that have no field for it (the release's `messages_think_inline`).
+ANSWER_FORMAT = "<answer>{label}</answer>"
+THINK_INLINE_FORMAT = "<think>{reasoning}</think>\n{content}"
+
 
 @dataclass(frozen=True)
 class Template:

@@ -20,6 +20,7 @@ from medr1_data.prompts import get_template
 from medr1_data.score import ScoreSettings
 from medr1_data.select import SelectSettings
 from medr1_data.shards import ShardSettings
+from medr1_data.teacher.presets import expand_preset
 from medr1_data.teacher.settings import TeacherSettings
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -122,6 +123,8 @@ def load_recipe(name_or_path: str = "demo", overrides: list[str] | None = None) 
             raise ConfigError(f"{where}: missing key '{key}'")
     if not isinstance(raw["sources"], list) or not raw["sources"]:
         raise ConfigError(f"{where}: 'sources' must be a non-empty list")
+    if "teacher" in raw:  # a preset's values fill the teacher keys the recipe leaves out (kept in the recipe's hash)
+        raw["teacher"] = expand_preset(raw["teacher"], where)
     recipe = config.build(Recipe, raw, where, skip=("base_dir", "raw"))
     recipe.base_dir, recipe.raw = path.resolve().parent, raw
     unknown = [s for s in recipe.stages if s not in STAGE_NAMES]

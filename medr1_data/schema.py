@@ -45,6 +45,14 @@ VERIFY_FIELDS: list[pa.Field] = [
     pa.field("answer_source", pa.string()),
 ]
 
+# The release's chat columns: one conversation per row (system, user, assistant), read by any SFT trainer as is.
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("reasoning_content", pa.string())])
+MESSAGE_INLINE = pa.struct([("role", pa.string()), ("content", pa.string())])
+CHAT_FIELDS: list[pa.Field] = [
+    pa.field("messages", pa.list_(MESSAGE)),
+    pa.field("messages_think_inline", pa.list_(MESSAGE_INLINE)),
+]
+
 REJECT_SCHEMA = pa.schema(
     [
         pa.field("source", pa.string(), nullable=False),
@@ -95,6 +103,10 @@ COLUMN_DOCS: dict[str, str] = {
     "contam_rule": "Which decontamination check fired.",
     "dup_cluster": "Id of the kept question of this question's near-duplicate cluster (its own id when unique).",
     "dup_keep": "Whether this question is the one kept from its near-duplicate cluster.",
+    "messages": "The row as a chat: system (the training system prompt), user (the question as the prompt template "
+    "renders it), assistant with `<answer>X</answer>` as `content` and the thinking as `reasoning_content`.",
+    "messages_think_inline": "The same chat with the thinking inline: the assistant's `content` is "
+    "`<think>reasoning</think>` then `<answer>X</answer>` (for chat templates that ignore `reasoning_content`).",
 }
 
 
@@ -125,7 +137,9 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 DROP_FIELD = pa.field("drop_reason", pa.string())
-KNOWN_FIELDS: dict[str, pa.Field] = {f.name: f for f in [*QUESTION_FIELDS, *TRACE_FIELDS, *VERIFY_FIELDS, DROP_FIELD]}
+KNOWN_FIELDS: dict[str, pa.Field] = {
+    f.name: f for f in [*QUESTION_FIELDS, *TRACE_FIELDS, *VERIFY_FIELDS, DROP_FIELD, *CHAT_FIELDS]
+}
 
 
 def plain_type(t: pa.DataType) -> pa.DataType:

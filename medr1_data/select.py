@@ -14,6 +14,7 @@ from medr1_data.score import FLAGS
 DROP_REASONS = {
     "request_failed": "the teacher request failed after all retries",
     "truncated": "generation hit the token limit before a committed answer",
+    "no_thinking": "the teacher wrote no reasoning (`select.no_thinking: drop`)",
     "no_answer": "no committed answer could be extracted",
     "wrong_answer": "the committed answer is not the gold answer",
     "quality_<flag>": "a quality flag listed in `select.reject_flags` was raised (see the `quality` struct)",
@@ -33,15 +34,21 @@ class SelectSettings:
     drop_truncated: bool = True
     reject_flags: list[str] = field(default_factory=lambda: list(DEFAULT_REJECT_FLAGS))
     min_quality: float = 0.0
+    no_thinking: str = "keep"  # a trace without reasoning (a teacher that does not think): keep or drop
 
     BOUNDS: ClassVar[Bounds] = {"max_per_question": (1, None), "min_quality": (0.0, 1.0)}
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"keep": ("best", "all_correct"), "reject_flags": FLAGS}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "keep": ("best", "all_correct"),
+        "reject_flags": FLAGS,
+        "no_thinking": ("keep", "drop"),
+    }
 
 
 def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
     """Fill `drop_reason` (null = kept): failed, wrong, unanswered and truncated traces, quality rejects, then extras.
 
-    A trace cut off at the token limit is dropped even when its answer is right, unless `drop_truncated` is off.
+    A trace cut off at the token limit is dropped even when its answer is right, unless `drop_truncated` is off;
+    a trace with no reasoning is dropped as `no_thinking` when `no_thinking` is `drop`.
 
     Among a question's correct samples the best is kept: highest `quality_score` when the table has one,
     then the shorter reasoning, then the lower `sample_idx`.
@@ -52,11 +59,14 @@ def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
     df = pl.from_arrow(table.select([c for c in (*needed, "quality_score") if c in table.column_names]))
     reason = pl.col("verify_reason")
     cut_off = (pl.col("finish_reason") == "length") & pl.lit(settings.drop_truncated)
+    thoughtless = (pl.col("reasoning").fill_null("").str.strip_chars() == "") & pl.lit(settings.no_thinking == "drop")
     bad = (
         pl.when(reason != "correct")
         .then(reason)
         .when(cut_off)
         .then(pl.lit("truncated"))
+        .when(thoughtless)
+        .then(pl.lit("no_thinking"))
         .otherwise(pl.lit(None, pl.String))
     )
     earlier = pl.col("drop_reason") if "drop_reason" in df.columns else pl.lit(None, pl.String)

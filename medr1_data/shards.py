@@ -12,6 +12,8 @@ import itertools
 import json
 import math
 import os
+import string
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,8 @@ import pyarrow.parquet as pq
 
 from medr1_data import Medr1Error, __version__
 from medr1_data.config import Bounds
-from medr1_data.schema import COLUMN_DOCS, normalize
+from medr1_data.prompts import ANSWER_FORMAT, THINK_INLINE_FORMAT, Template
+from medr1_data.schema import CHAT_FIELDS, COLUMN_DOCS, normalize
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2
@@ -32,6 +35,8 @@ DEFAULT_CONFIG = "default"
 # The same content-defined chunking as `datasets` (config.DEFAULT_CDC_OPTIONS): pages are cut where the content says,
 # so an unchanged run of rows gives identical pages in the next version and Xet storage uploads it only once.
 CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "norm_level": 0}
+SIZE_BATCH_ROWS = 8192  # rows per batch when derived columns are built only to be measured
+Derive = Callable[[pa.Table], pa.Table]  # a shard's rows -> the columns added to it
 
 
 @dataclass
@@ -113,6 +118,65 @@ def source_runs(table: pa.Table) -> list[tuple[str, int, int]]:
     return [(name, start, end - start) for name, start, end in zip(names, starts, ends, strict=True)]
 
 
+def _format_column(fmt: str, **columns: pa.Array) -> pa.Array:
+    """`fmt` filled in row by row, each `{field}` from the column of that name (a null field gives a null row)."""
+    pieces: list[Any] = []
+    for literal, field, _, _ in string.Formatter().parse(fmt):
+        pieces += [literal] + ([columns[field]] if field else [])
+    return pc.binary_join_element_wise(*pieces, "")
+
+
+def chat_columns(table: pa.Table, template: Template) -> pa.Table:
+    """`messages` and `messages_think_inline` of each row: system, user (as `template` renders it), assistant.
+
+    The assistant's content is `<answer>X</answer>`; the thinking (trimmed) is its `reasoning_content` in `messages`
+    and comes inline before the answer in `messages_think_inline`. Only the user turns are built in Python; the
+    thinking is never copied out of Arrow.
+    """
+    n = table.num_rows
+    questions, options = table.column("question").to_pylist(), table.column("options").to_pylist()
+    contexts = table.column("context").to_pylist() if "context" in table.column_names else [None] * n
+    user = pa.array([template.user_turn(*row) for row in zip(questions, options, contexts, strict=True)], pa.string())
+    system = pa.array([template.system] * n, pa.string())
+    answer = _format_column(ANSWER_FORMAT, label=table.column("answer_label").combine_chunks().cast(pa.string()))
+    reasoning = pc.utf8_trim_whitespace(table.column("reasoning").combine_chunks().cast(pa.string()))
+    inline = _format_column(THINK_INLINE_FORMAT, reasoning=pc.fill_null(reasoning, ""), content=answer)
+    # Turn t of row i sits at position 3i + t of the flat list of turns.
+    turns = pa.array((np.arange(n)[:, None] + np.array([0, n, 2 * n])).ravel())
+    offsets = pa.array(np.arange(0, 3 * n + 1, 3, dtype=np.int32))
+    roles = pa.array(["system", "user", "assistant"] * n, pa.string())
+
+    def conversations(field: pa.Field, *contents: pa.Array) -> pa.ListArray:
+        """One list of 3 turns per row; each of `contents` is a struct field's (system, user, assistant) columns."""
+        values = [roles, *(pa.concat_arrays(per_turn).take(turns) for per_turn in contents)]
+        return pa.ListArray.from_arrays(offsets, pa.StructArray.from_arrays(values, fields=list(field.type.value_type)))
+
+    no_reasoning = pa.nulls(n, pa.string())
+    fields = {f.name: f for f in CHAT_FIELDS}
+    messages = conversations(fields["messages"], (system, user, answer), (no_reasoning, no_reasoning, reasoning))
+    think_inline = conversations(fields["messages_think_inline"], (system, user, inline))
+    return pa.table({"messages": messages, "messages_think_inline": think_inline})
+
+
+def with_columns(table: pa.Table, derive: Derive | None) -> pa.Table:
+    """`table` with the columns `derive` builds from it appended (unchanged without `derive`)."""
+    if derive is None:
+        return table
+    added = derive(table)
+    table = table.drop_columns([name for name in added.column_names if name in table.column_names])
+    for name in added.column_names:
+        table = table.append_column(name, added.column(name))
+    return table
+
+
+def derived_bytes(table: pa.Table, rows: pa.Array, derive: Derive) -> int:
+    """Arrow bytes of the columns `derive` adds to the rows at `rows`, built a batch at a time and dropped."""
+    total = 0
+    for start in range(0, len(rows), SIZE_BATCH_ROWS):
+        total += derive(take_rows(table, rows.slice(start, SIZE_BATCH_ROWS))).nbytes
+    return total
+
+
 _TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
 
 
@@ -136,13 +200,16 @@ def arrow_bytes(table: pa.Table, rows: pa.Array, schema: pa.Schema) -> int:
     return total
 
 
-def _shard_plan(table: pa.Table, order: pa.Array, schema: pa.Schema, shard_bytes: int) -> list[tuple[str, pa.Array]]:
+def _shard_plan(
+    table: pa.Table, order: pa.Array, schema: pa.Schema, shard_bytes: int, derive: Derive | None = None
+) -> list[tuple[str, pa.Array]]:
     """Row positions (in release order) of shards of at most about `shard_bytes` Arrow bytes, one source each."""
     plan = []
     sources = pa.table({"source": pc.take(table.column("source"), order)})
     for source, offset, length in source_runs(sources):
         part = order.slice(offset, length)
-        n = max(1, math.ceil(arrow_bytes(table, part, schema) / shard_bytes))
+        size = arrow_bytes(table, part, schema) + (derived_bytes(table, part, derive) if derive else 0)
+        n = max(1, math.ceil(size / shard_bytes))
         per = math.ceil(length / n)
         plan += [(source, part.slice(i * per, per)) for i in range(n) if i * per < length]
     return plan
@@ -170,12 +237,13 @@ def write_parquet(table: pa.Table, path: Path, settings: ShardSettings) -> None:
 
 
 def write_shards(
-    table: pa.Table, out: Path, settings: ShardSettings, rows: pa.Array | None = None
+    table: pa.Table, out: Path, settings: ShardSettings, rows: pa.Array | None = None, derive: Derive | None = None
 ) -> list[dict[str, Any]]:
     """Write `data/{split}-{i:05d}-of-{n:05d}.parquet` (one source per shard); return one manifest entry per file.
 
     `rows` (positions in `table`) releases only those rows. Rows are sorted on the key columns and each shard's rows
     are taken on their own, so memory grows with the shard, not the table, and no text column is ever concatenated.
+    `derive` adds columns built from each shard's rows (the chat columns), counted in the shard's size.
     """
     out = Path(out)
     schema = normalize(table.slice(0, 0)).schema
@@ -184,13 +252,13 @@ def write_shards(
     data.mkdir(parents=True, exist_ok=True)
     for old in data.glob(f"{settings.split}-*-of-*.parquet"):
         old.unlink()
-    plan = _shard_plan(table, order, schema, settings.shard_bytes) or [(None, order)]
+    plan = _shard_plan(table, order, schema, settings.shard_bytes, derive) or [(None, order)]
     n = len(plan)
     paths = [data / f"{settings.split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
 
     def write(i: int) -> dict[str, Any]:
         source, part_rows = plan[i]
-        part = normalize(take_rows(table, part_rows))
+        part = normalize(with_columns(take_rows(table, part_rows), derive))
         write_parquet(part, paths[i], settings)
         return {
             "path": paths[i].relative_to(out).as_posix(),

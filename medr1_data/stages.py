@@ -8,6 +8,7 @@ drop is counted; rows leave the table only when the shards stage writes the rele
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -32,11 +33,12 @@ from medr1_data.recipe import Recipe
 from medr1_data.schema import REJECT_SCHEMA, TRACE_FIELDS, normalize
 from medr1_data.score import score
 from medr1_data.select import drop_counts, select, unanswered_questions
-from medr1_data.shards import take_rows, write_manifest, write_shards
-from medr1_data.teacher import distill
+from medr1_data.shards import chat_columns, take_rows, with_columns, write_manifest, write_shards
+from medr1_data.teacher.run import require_complete, run_distill
 from medr1_data.verify import verify
 
-PRE_TEACHER_DROPS = ("contaminated", "near_duplicate")  # question-level drops made before any request is paid
+# question-level drops: made before any request is paid, or (a dataset teacher) no trace of the question exists
+PRE_TEACHER_DROPS = ("contaminated", "near_duplicate", "not_in_dataset")
 
 
 @dataclass
@@ -173,7 +175,7 @@ def require_teacher(recipe: Recipe) -> None:
 
     t = recipe.teacher
     cache = ResponseCache(recipe.resolve(t.cache))
-    if t.offline or t.endpoint == "recorded" or (cache.path.is_file() and cache.path.stat().st_size):
+    if t.offline or t.endpoint in ("recorded", "dataset") or (cache.path.is_file() and cache.path.stat().st_size):
         return
     url = urlparse(t.url())
     local = "to run without a teacher, import responses into the cache or set teacher.offline=true"
@@ -185,17 +187,25 @@ def require_teacher(recipe: Recipe) -> None:
         raise Medr1Error(f"recipe {recipe.name} asks the teacher {t.model} at {t.url()}, but {why}; {local}") from None
 
 
+def _distill(table: pa.Table, teacher: Any, b: Build) -> pa.Table:
+    """The traces of every row (all responses present), and the model names the servers reported into `b.stats`."""
+    result = require_complete(run_distill(table, teacher, quiet=b.quiet), teacher)
+    b.stats["teacher_reported"] = result.reported_models  # model name the server reported -> traces
+    return result.table
+
+
 def stage_distill(table: pa.Table, b: Build) -> pa.Table:
     """Teacher traces, one row per (question, sample); questions already dropped are not sent (nothing is paid)."""
     teacher = dataclasses.replace(b.recipe.teacher, cache=str(b.recipe.resolve(b.recipe.teacher.cache)))
     # Questions go in by id, so the traces come out in release order (id, sample_idx) whatever the sources' order.
     table = check_input(table, contracts.DISTILL, "distill stage input")
     if "drop_reason" not in table.column_names:
-        return distill(table.sort_by("id"), teacher, quiet=b.quiet)
+        return _distill(table.sort_by("id"), teacher, b)
     active = table.filter(pa.compute.is_null(table.column("drop_reason"))).sort_by("id")
     skipped = table.filter(pa.compute.is_valid(table.column("drop_reason")))
-    traces = distill(active.drop_columns(["drop_reason"]), teacher, quiet=b.quiet)
-    traces = traces.append_column("drop_reason", pa.nulls(traces.num_rows, pa.string()))
+    traces = _distill(active.drop_columns(["drop_reason"]), teacher, b)
+    absent = pc.if_else(pc.is_valid(traces.column("error")), "not_in_dataset", pa.scalar(None, pa.string()))
+    traces = traces.append_column("drop_reason", absent)  # only a dataset teacher leaves rows without a response
     # A dropped question stays as one row (sample 0, no trace) so that its drop is counted and written out.
     for f in TRACE_FIELDS:
         value = (
@@ -233,7 +243,8 @@ def _write_rows(table: pa.Table, rows: pa.Array, path: Path, group_rows: int = 1
 
 
 def stage_shards(table: pa.Table, b: Build) -> pa.Table:
-    """Write kept rows as release shards plus manifest; dropped rows and unanswered questions to the build folder."""
+    """Write kept rows as release shards (with their chat columns) plus manifest; dropped rows and unanswered
+    questions to the build folder."""
     internal = ["drop_reason", "error", "dup_keep", "contam_benchmark", "contam_item_id", "contam_score", "contam_rule"]
     # No copy of the table is made: kept and dropped rows are taken from it a shard or a row group at a time.
     is_kept = pc.is_null(table.column("drop_reason")).combine_chunks()
@@ -244,8 +255,10 @@ def stage_shards(table: pa.Table, b: Build) -> pa.Table:
     unanswered = unanswered_questions(table)
     pq.write_table(normalize(unanswered), b.build_dir / "unanswered.parquet")
     release = table.drop_columns([c for c in internal if c in table.column_names])
-    schema = normalize(release.slice(0, 0)).schema
-    files = write_shards(release, b.out, b.recipe.output, rows=pc.indices_nonzero(is_kept))
+    # Each shard gets its rows' `messages` and `messages_think_inline`, built from them as the shard is written.
+    derive = functools.partial(chat_columns, template=get_template(b.recipe.teacher.template))
+    schema = normalize(with_columns(release.slice(0, 0), derive)).schema
+    files = write_shards(release, b.out, b.recipe.output, rows=pc.indices_nonzero(is_kept), derive=derive)
     manifest = write_manifest(b.out, files, schema, b.recipe.raw, b.recipe.sha256, b.recipe.version)
     from medr1_data.card import length_stats
 
@@ -314,6 +327,7 @@ def card_inputs(b: Build) -> dict[str, Any]:
         "recipe_sha256": r.sha256,
         "library_version": __version__,
         "teacher": r.teacher.public(),
+        "teacher_reported_names": [n for n in s.get("teacher_reported", {}) if n != "(not recorded)"],
         "template_version": template_version(r.teacher.template),
         "system_prompt": get_template(r.teacher.template).system,
         "user_template": get_template(r.teacher.template).user,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
-from medr1_data.answers import BARE_STRIP, REASONING_TAIL_CHARS, Extraction, extract
+from medr1_data.answers import BARE_STRIP, NO_FALLBACK, REASONING_TAIL_CHARS, Extraction, extract
 from medr1_data.schema import VERIFY_FIELDS
 
 BATCH_ROWS = 32768
@@ -35,8 +35,9 @@ def verify(table: pa.Table) -> pa.Table:
         cols = table.select(["response", "options"]).take(part).to_pydict()
         for i, resp, opts in zip(part, cols["response"], cols["options"], strict=True):
             found[i] = extract(resp, opts)
-    # Only rows whose response commits to nothing fall back to the end of their reasoning.
-    missing = [i for i, f in enumerate(found) if f.label is None and f.rule != "multiple_labels"]
+    # Only rows whose response commits to nothing fall back to the end of their reasoning; a response that names
+    # several options ("B or C", "D,F,G,I") decided on no answer, and its reasoning is not read instead.
+    missing = [i for i, f in enumerate(found) if f.label is None and f.rule not in NO_FALLBACK]
     if missing:
         sub = (
             pl.from_arrow(table.select(["response", "options", "reasoning"]))[missing]  # rows first, then the tails

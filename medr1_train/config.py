@@ -25,6 +25,9 @@ class ModelConfig:
     attn_implementation: str | None = "sdpa"  # flash_attention_2 where installed: varlen kernels for packing
     load_in_4bit: bool = False  # QLoRA (needs bitsandbytes and a CUDA GPU)
     trust_remote_code: bool = False
+    # A Jinja chat template replacing the student's (inline text, or a `.jinja` file relative to the recipe); it is
+    # saved with the adapter and the exported models. With `{% generation %}` markers the loss covers what they mark.
+    chat_template: str | None = None
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {  # dtype is checked in `validate`
         "attn_implementation": ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"),
@@ -38,6 +41,9 @@ class DataConfig:
     dataset: str = "medr1/reasoning"  # Hub dataset id, or a local release folder (data/*.parquet)
     revision: str | None = None  # Hub revision (tag or commit); pin it so the run is reproducible
     split: str = "train"
+    # The release's chat column trained on (the assistant's `reasoning_content` is put inline, <think>...</think>);
+    # null, or a release without that column: conversations rendered with `template` and `assistant_format`.
+    messages: str | None = "messages"
     template: str = "medr1-mcq-v1"  # the prompt template shared with the eval tasks
     assistant_format: str = DEFAULT_ASSISTANT_FORMAT  # fields: any column of the release (reasoning, response, ...)
     require_correct: bool = True  # keep only rows with is_correct
@@ -133,6 +139,19 @@ class SFTRecipe:
         """The resolved recipe (every default filled in), for logs and the model card."""
         return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS} | {"name": self.name}
 
+    def chat_template_file(self) -> Path | None:
+        """The `.jinja` file `model.chat_template` names (relative to the recipe's folder), or None for inline text."""
+        value = (self.model.chat_template or "").strip()
+        if not value.endswith(".jinja") or "\n" in value or "{" in value:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else Path(self.source).parent / path
+
+    def chat_template(self) -> str | None:
+        """The chat template the recipe gives the student (the file's text, or the inline text), or None."""
+        file = self.chat_template_file()
+        return file.read_text(encoding="utf-8") if file else self.model.chat_template
+
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "lora": LoraSettings, "train": TrainSettings}
 
@@ -179,6 +198,14 @@ def validate(recipe: SFTRecipe, where: str) -> None:
             raise ConfigError(f"{where}: data.max_per_source.{src} must be at least 1, got {cap}")
     if "{" not in d.assistant_format:
         raise ConfigError(f"{where}: data.assistant_format has no {{field}}; e.g. {DEFAULT_ASSISTANT_FORMAT!r}")
+    if d.messages is not None and d.assistant_format != DEFAULT_ASSISTANT_FORMAT:
+        raise ConfigError(
+            f"{where}: data.assistant_format renders conversations, but data.messages reads them from the release "
+            f"column '{d.messages}'; set data.messages: null to render them with data.assistant_format"
+        )
+    file = recipe.chat_template_file()
+    if file is not None and not file.is_file():
+        raise ConfigError(f"{where}: model.chat_template: no such file {file}")
     if lora.r < 1 or lora.alpha < 1 or not 0.0 <= lora.dropout < 1.0:
         raise ConfigError(f"{where}: lora.r and lora.alpha must be >= 1 and lora.dropout in [0, 1)")
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):

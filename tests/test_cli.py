@@ -27,6 +27,7 @@ SUBCOMMANDS = [
     "push",
     "diff",
     "lm-eval-path",
+    "audit",
 ]
 
 

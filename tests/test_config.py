@@ -97,3 +97,24 @@ def test_a_bundled_name_and_a_local_file_never_shadow_each_other(
     train.write_text(yaml.safe_dump({"name": "mine", "train": {"max_steps": 3}}))
     assert load_config("qwen2.5-7b").name != "mine"
     assert load_config("./qwen2.5-7b.yaml").name == "mine"  # a path is the file
+
+
+def test_eval_and_train_name_a_missing_model_or_task_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """`medr1-eval` and `medr1-train` check the task names and local model paths before loading anything."""
+    pytest.importorskip("lm_eval", reason="lm-eval is in the eval extra")
+    from medr1_data.lm_eval_tasks.cli import main as eval_main
+    from medr1_train.cli import main as train_main
+
+    assert eval_main(["--model", "hf", "--model_args", "pretrained=x/y", "--tasks", "medr1_nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medr1-eval: error: unknown task 'medr1_nosuch' (MedR1 tasks: medr1, ")
+    assert err.count("\n") == 1
+    assert eval_main(["--model", "hf", "--model_args", "pretrained=/no/such/model", "--tasks", "medr1_medqa"]) == 2
+    assert capsys.readouterr().err == (
+        "medr1-eval: error: --model_args pretrained='/no/such/model': no such local folder (a Hub id looks like "
+        "ORG/NAME)\n"
+    )
+    assert train_main(["sft", "--config", "qwen2.5-3b", "--model.name_or_path", "./no/such/model"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "medr1-train: error: model.name_or_path './no/such/model': no such local folder (a Hub id looks like ORG/NAME)"
+    )

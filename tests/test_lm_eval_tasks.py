@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import math
 import shutil
 import subprocess
 import sys
@@ -16,7 +18,7 @@ pytest.importorskip("lm_eval", reason="lm-eval is in the eval extra")
 from lm_eval.api.instance import Instance
 
 from medr1_data.answers import extract
-from medr1_data.lm_eval_tasks import GROUPS, MC_TASKS, TASKS, task_dir, task_manager
+from medr1_data.lm_eval_tasks import GROUPS, MAJ_TASKS, MC_TASKS, TASKS, task_dir, task_manager
 from medr1_data.lm_eval_tasks.cli import with_include_path
 from medr1_data.prompts import get_template
 
@@ -52,8 +54,8 @@ def _messages(doc: dict) -> list[dict]:
 
 def test_each_task_loads_its_real_file_with_the_exact_count(bench: Path) -> None:
     tm = task_manager(include_defaults=False, metadata={"benchmark_dir": str(bench)})
-    assert set(tm.all_tasks) == {*TASKS, *MC_TASKS, *GROUPS}
-    loaded = tm.load([*TASKS, *MC_TASKS])["tasks"]
+    assert set(tm.all_tasks) == {*TASKS, *MC_TASKS, *MAJ_TASKS, *GROUPS}
+    loaded = tm.load([*TASKS, *MC_TASKS, *MAJ_TASKS])["tasks"]
     for name in TASKS:
         gen, mc = loaded[name], loaded[f"{name}_mc"]
         expected = COUNTS.get(name, HEADQA_FIXTURE_ROWS)
@@ -61,7 +63,15 @@ def test_each_task_loads_its_real_file_with_the_exact_count(bench: Path) -> None
         kwargs = gen.config.generation_kwargs
         assert gen.OUTPUT_TYPE == "generate_until" and mc.OUTPUT_TYPE == "multiple_choice"
         assert kwargs["until"] and "\n\n" not in kwargs["until"] and kwargs["max_gen_toks"] == 8192
-        assert [m["metric"] for m in gen.config.metric_list] == ["acc", "truncated"]
+        assert [m["metric"] for m in gen.config.metric_list] == ["acc", "truncated", "no_answer"]
+        assert (
+            gen.config.repeats == 1 and [f["function"] for f in gen.config.filter_list[0]["filter"]][1] == "take_first"
+        )
+        maj = loaded[f"{name}_maj8"]
+        assert len(maj.eval_docs) == expected and maj.config.repeats == 8
+        assert [m["metric"] for m in maj.config.metric_list] == ["maj_acc", "avg_acc", "truncated", "no_answer"]
+        sampling = maj.config.generation_kwargs
+        assert sampling["do_sample"] and sampling["temperature"] == 0.6 and sampling["max_gen_toks"] == 8192
         # The chat prompt is exactly the training template's system + user messages.
         doc = gen.eval_docs[len(gen.eval_docs) // 2]
         sent = json.loads(gen.fewshot_context(doc, 0, apply_chat_template=True, chat_template=_as_json))
@@ -79,7 +89,11 @@ def test_group_is_size_weighted_over_the_five_tasks(bench: Path) -> None:
     assert {(m.metric, m.weight_by_size, tuple(m.filter_list)) for m in group.aggregate_metric_list} == {
         ("acc", True, ("committed",)),
         ("truncated", True, ("committed",)),
+        ("no_answer", True, ("committed",)),
     }
+    maj = next(iter(tm.load(["medr1_maj8"])["groups"].values()))
+    assert sorted(t.task_name for t in maj.get_all_tasks()) == sorted(MAJ_TASKS)
+    assert {m.metric for m in maj.aggregate_metric_list} == {"maj_acc", "avg_acc", "truncated", "no_answer"}
 
 
 def test_benchmark_folder_from_environment_and_single_file_from_metadata(
@@ -132,8 +146,10 @@ def test_filter_chain_scores_real_r1_completions_exactly(shared_data: Path, benc
     assert accuracy == right / 862
     assert 0.2 < accuracy < 0.45  # hard subsets: R1 is right on 13-47% per file (../shared/data/README.md)
     assert agree / 862 >= 0.97  # and reads what the benchmark's own parser read
-    # 11 completions never closed their thinking: no answer, and (no tokenizer here) counted as truncated.
-    assert sum(s["truncated"] for s in scores) == 862 - sum("</think>" in c for c in completions) == 11
+    # 11 completions never closed their thinking and one names four labels ("D,F,G,I"): no answer.
+    assert sum(s["no_answer"] for s in scores) == 862 - sum("</think>" in c for c in completions) + 1 == 12
+    # No tokenizer here: whether a generation hit max_gen_toks is unknown, not guessed.
+    assert all(math.isnan(s["truncated"]) for s in scores)
 
 
 @pytest.mark.parametrize(
@@ -167,12 +183,49 @@ def test_a_generation_cut_off_before_closing_its_thinking_gets_no_credit() -> No
 
     doc = {"options": [{"label": x, "text": t} for x, t in zip("AB", ["one", "two"], strict=True)], "answer_label": "A"}
     tok = _WordTokenizer()
-    prefilled_cut = "Thinking under a pre-filled think tag: the answer is A maybe, but let me check"  # 16 words
-    assert process_results(doc, [prefilled_cut], max_gen_toks=16, tokenizer=tok) == {"acc": 0.0, "truncated": 1.0}
+    prefilled_cut = "Thinking under a pre-filled think tag: the answer is A, probably, but let me check"  # 15 words
+    cut = {"acc": 0.0, "truncated": 1.0, "no_answer": 0.0}
+    assert process_results(doc, [prefilled_cut], max_gen_toks=16, tokenizer=tok) == cut
     # The same text within budget is a committed answer; a cut-off one that closed its thinking keeps its answer.
-    assert process_results(doc, [prefilled_cut], max_gen_toks=64, tokenizer=tok) == {"acc": 1.0, "truncated": 0.0}
+    within = {"acc": 1.0, "truncated": 0.0, "no_answer": 0.0}
+    assert process_results(doc, [prefilled_cut], max_gen_toks=64, tokenizer=tok) == within
     closed_cut = "</think> The answer is A. " + "and more " * 7
-    assert process_results(doc, [closed_cut], max_gen_toks=16, tokenizer=tok) == {"acc": 1.0, "truncated": 1.0}
+    kept = {"acc": 1.0, "truncated": 1.0, "no_answer": 0.0}
+    assert process_results(doc, [closed_cut], max_gen_toks=16, tokenizer=tok) == kept
+    # Committing to nothing is counted apart from being wrong; a pasted option list commits to nothing.
+    pasted = "A. one\nB. two"
+    assert process_results(doc, [pasted], max_gen_toks=16, tokenizer=tok) == {
+        "acc": 0.0,
+        "truncated": 0.0,
+        "no_answer": 1.0,
+    }
+
+
+def test_without_a_tokenizer_truncated_is_unknown_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    from medr1_data.lm_eval_tasks import utils
+
+    doc = {"options": [{"label": x, "text": t} for x, t in zip("AB", ["one", "two"], strict=True)], "answer_label": "A"}
+    utils._warned_unknown = False
+    with caplog.at_level(logging.WARNING, logger="medr1.lm_eval"):
+        got = utils.process_results(doc, ["<think>never closed, the answer is A"], max_gen_toks=8, tokenizer=None)
+    assert got["acc"] == 0.0 and got["no_answer"] == 1.0 and math.isnan(got["truncated"])
+    assert "unknown rather than guessed" in caplog.text
+
+
+def test_an_api_model_alias_is_never_looked_up_as_a_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`model=NAME` of local-chat-completions names the served model, not a tokenizer: no lookup, no guess."""
+    asked: list[str] = []
+    task = task_manager(
+        include_defaults=False, metadata={"medqa_us_test": str(FIXTURES / "sources" / "medqa" / "train.jsonl")}
+    )
+    task = task.load(["medr1_medqa"])["tasks"]["medr1_medqa"]
+    # lm-eval imports utils.py under its own module name: patch the module the task really uses.
+    monkeypatch.setitem(type(task).tokenizer.__globals__, "_tokenizer", lambda name: asked.append(name) or None)
+    task.config.metadata = {"model": "Qwen/Qwen2.5-7B-Instruct", "base_url": "http://localhost:8000/v1"}
+    assert task.tokenizer() is None and asked == []
+    task.config.metadata = {"model": "alias", "tokenizer": "/models/qwen"}
+    task.tokenizer()
+    assert asked == ["/models/qwen"]
 
 
 def test_cli_adds_include_path_and_passes_everything_else_through() -> None:
@@ -326,3 +379,107 @@ def test_local_chat_completions_against_an_openai_compatible_server(tiny_model: 
     assert [s["truncated"] for s in samples] == [0.0, 0.0, 0.0, 1.0]
     assert res["results"]["medr1_medqa"]["acc,committed"] == 0.5
     assert res["results"]["medr1_medqa"]["truncated,committed"] == 0.25
+
+
+# --------------------------------------------------------------------------------------------------- maj@k
+
+
+MEDQA_FIXTURE = FIXTURES / "sources" / "medqa" / "train.jsonl"
+
+
+def _fixture_task(name: str, **metadata: str):
+    tm = task_manager(include_defaults=False, metadata={"medqa_us_test": str(MEDQA_FIXTURE), **metadata})
+    return tm.load([name])["tasks"][name]
+
+
+def test_offline_tokenizer_lookup_is_local_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers", reason="transformers is in the eval extra")
+    import transformers
+
+    from medr1_data.lm_eval_tasks import utils
+
+    calls: list[dict] = []
+
+    def fake(name: str, **kw: object) -> None:
+        calls.append({"name": name, **kw})
+        raise OSError(f"{name} is not a local folder")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake)
+    utils._tokenizer.cache_clear()
+    assert utils._tokenizer("some-org/some-model") is None  # HF_HUB_OFFLINE=1 (conftest): no Hub request at all
+    assert calls == [{"name": "some-org/some-model", "local_files_only": True}]
+    utils._tokenizer.cache_clear()
+
+
+def test_repeats_compose_with_the_majority_filter() -> None:
+    """lm-eval gives each instance its k generations; CommittedAnswer → MajorityAnswer → take_first yields one Vote."""
+    task = _fixture_task("medr1_medqa_maj8")
+    module = type(task).process_results.__globals__  # utils.py as lm-eval imported it (its own module name)
+    INVALID, Vote, process_results = module["INVALID"], module["Vote"], module["process_results"]
+    docs = list(task.eval_docs)
+    assert len(docs) == 3 and task.config.repeats == 8
+    golds = [d["answer_label"] for d in docs]
+    wrong = [next(o["label"] for o in d["options"] if o["label"] != g) for d, g in zip(docs, golds, strict=True)]
+    generations = [
+        # 3 right, 4 wrong, 1 no answer: the wrong label wins the vote
+        [f"<answer>{golds[0]}</answer>"] * 3 + [f"The answer is {wrong[0]}."] * 4 + ["I cannot decide."],
+        # 3 right, 2 wrong, 3 no answer (one a pasted option list): no answer does not vote, the gold label wins
+        [f"<answer>{golds[1]}</answer>"] * 3 + [f"\\boxed{{{wrong[1]}}}"] * 2 + ["", "<think>still", "A. x\nB. y"],
+        # a 2-2 tie: the label reached first wins
+        [f"Answer: {wrong[2]}", f"Answer: {golds[2]}", f"Answer: {golds[2]}", f"Answer: {wrong[2]}"] + ["Hmm."] * 4,
+    ]
+    task._instances = [
+        Instance("generate_until", doc, ("", {}), idx=0, metadata=("medr1_medqa_maj8", i, 8), resps=list(g))
+        for i, (doc, g) in enumerate(zip(docs, generations, strict=True))
+    ]
+    task.apply_filters()
+    votes = [inst.filtered_resps["committed"] for inst in task.instances]
+    assert all(isinstance(v, Vote) and len(v.samples) == 8 for v in votes)
+    assert [str(v) for v in votes] == [wrong[0], golds[1], wrong[2]]
+    assert copy.deepcopy(votes[1]) == votes[1] and len(copy.deepcopy(votes[1]).samples) == 8
+    tok = _WordTokenizer()
+    got = [process_results(d, [v], max_gen_toks=100, tokenizer=tok) for d, v in zip(docs, votes, strict=True)]
+    assert got == [
+        {"maj_acc": 0.0, "avg_acc": 3 / 8, "truncated": 0.0, "no_answer": 1 / 8},
+        {"maj_acc": 1.0, "avg_acc": 3 / 8, "truncated": 0.0, "no_answer": 3 / 8},
+        {"maj_acc": 0.0, "avg_acc": 2 / 8, "truncated": 0.0, "no_answer": 4 / 8},
+    ]
+    assert str(Vote([])) == INVALID and str(Vote([votes[0].samples[-1]])) == INVALID  # nothing committed: no vote
+    assert math.isnan(task.process_results(docs[0], [votes[0]])["truncated"])  # no tokenizer in this task's metadata
+
+
+def test_maj8_runs_end_to_end_with_repeated_sampling(tiny_model: Path) -> None:
+    """Through lm-eval itself: every request is sent 8 times at temperature 0.6 and the samples are voted on."""
+    import lm_eval
+
+    calls: dict[str, int] = {}
+    docs = list(_fixture_task("medr1_medqa_maj8").eval_docs)[:2]
+
+    def answer(body: dict) -> Reply:
+        """Doc 0: 5 of 8 samples right (maj right); doc 1: 3 of 8 right, 5 wrong (maj wrong)."""
+        i = next(i for i, d in enumerate(docs) if d["question"].strip() in body["messages"][-1]["content"])
+        n = calls[str(i)] = calls.get(str(i), 0) + 1
+        gold = docs[i]["answer_label"]
+        wrong = next(o["label"] for o in docs[i]["options"] if o["label"] != gold)
+        right = n <= (5 if i == 0 else 3)
+        return Reply(shape="inline", reasoning="Thinking.", content=f"The answer is {gold if right else wrong}.")
+
+    with TeacherServer(default=answer) as server:
+        res = lm_eval.simple_evaluate(
+            model="local-chat-completions",
+            model_args=f"model=medr1-stub,base_url={server.url}/chat/completions,tokenizer={tiny_model},max_retries=1",
+            tasks=["medr1_medqa_maj8"],
+            limit=2,
+            apply_chat_template=True,
+            gen_kwargs="max_gen_toks=64",
+            task_manager=task_manager(
+                include_defaults=False, metadata={"medqa_us_test": str(MEDQA_FIXTURE), "tokenizer": str(tiny_model)}
+            ),
+            log_samples=True,
+        )
+    assert calls == {"0": 8, "1": 8}
+    metrics = res["results"]["medr1_medqa_maj8"]
+    assert metrics["maj_acc,committed"] == 0.5
+    assert metrics["avg_acc,committed"] == (5 / 8 + 3 / 8) / 2
+    assert metrics["truncated,committed"] == 0.0 and metrics["no_answer,committed"] == 0.0
+    assert res["configs"]["medr1_medqa_maj8"]["generation_kwargs"]["temperature"] == 0.6

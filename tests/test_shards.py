@@ -13,10 +13,13 @@ import pytest
 
 from medr1_data import Medr1Error
 from medr1_data.build import run
+from medr1_data.prompts import SYSTEM_PROMPT, get_template
 from medr1_data.recipe import load_recipe
+from medr1_data.schema import CHAT_FIELDS
 from medr1_data.shards import (
     MANIFEST,
     ShardSettings,
+    chat_columns,
     check_release,
     read_release,
     row_group_rows,
@@ -182,3 +185,63 @@ def test_load_dataset_reads_every_config_of_a_built_release(tmp_path: Path) -> N
     assert (
         sum(c["splits"]["train"]["rows"] for n, c in manifest["configs"].items() if n != "default") == b.stats["rows"]
     )
+
+
+def test_chat_columns_hold_each_row_as_one_conversation() -> None:
+    table = pa.table(
+        {
+            "question": ["  Which nerve?  ", "Is early mobilisation better?"],
+            "options": [
+                [{"label": "A", "text": "ulnar"}, {"label": "B", "text": "median"}],
+                [{"label": "A", "text": "yes"}, {"label": "B", "text": "no"}],
+            ],
+            "context": [None, "An abstract."],
+            "answer_label": ["B", "A"],
+            "reasoning": ["\n The carpal tunnel. \n", None],
+        }
+    )
+    chat = chat_columns(rechunked(table, 1), get_template("medr1-mcq-v1"))
+    assert chat.schema == pa.schema(CHAT_FIELDS)
+    system = {"role": "system", "content": SYSTEM_PROMPT}
+    users = [
+        {"role": "user", "content": "Question: Which nerve?\n\nOptions:\nA. ulnar\nB. median"},
+        {
+            "role": "user",
+            "content": "Context:\nAn abstract.\n\nQuestion: Is early mobilisation better?\n\nOptions:\nA. yes\nB. no",
+        },
+    ]
+    assert chat["messages"].to_pylist() == [
+        [
+            {**system, "reasoning_content": None},
+            {**users[0], "reasoning_content": None},
+            {"role": "assistant", "content": "<answer>B</answer>", "reasoning_content": "The carpal tunnel."},
+        ],
+        [
+            {**system, "reasoning_content": None},
+            {**users[1], "reasoning_content": None},
+            {"role": "assistant", "content": "<answer>A</answer>", "reasoning_content": None},
+        ],
+    ]
+    assert chat["messages_think_inline"].to_pylist() == [
+        [system, users[0], {"role": "assistant", "content": "<think>The carpal tunnel.</think>\n<answer>B</answer>"}],
+        [system, users[1], {"role": "assistant", "content": "<think></think>\n<answer>A</answer>"}],
+    ]
+    assert chat_columns(table.slice(0, 0), get_template("medr1-mcq-v1")).num_rows == 0
+
+
+def test_derived_columns_are_built_per_shard_and_counted_in_its_size(tmp_path: Path) -> None:
+    table = rows_table({"medqa": 40, "medmcqa": 60})
+    settings = ShardSettings(shard_bytes=80_000)
+
+    def derive(t: pa.Table) -> pa.Table:
+        return pa.table({"reasoning_again": t["reasoning"]})
+
+    plain = write_shards(table, tmp_path / "plain", settings)
+    derived = write_shards(table, tmp_path / "derived", settings, derive=derive)
+    assert len(derived) > 1.5 * len(plain)  # the added column doubles the bytes: about twice as many shards
+    for f in derived:
+        shard = pq.read_table(tmp_path / "derived" / f["path"])
+        assert shard["reasoning_again"].equals(shard["reasoning"])
+        assert shard.column_names[-1] == "reasoning_again" and f["arrow_bytes"] <= 80_000 * 1.1
+    again = write_shards(table, tmp_path / "again", settings, derive=derive)
+    assert [f["sha256"] for f in again] == [f["sha256"] for f in derived]

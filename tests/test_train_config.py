@@ -18,15 +18,31 @@ def _write(tmp_path: Path, data: object) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["qwen2.5-3b", "qwen2.5-7b", "qwen2.5-14b"])
+STUDENTS = {
+    "qwen2.5-3b": "Qwen/Qwen2.5-3B-Instruct",
+    "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct",
+    "qwen2.5-14b": "Qwen/Qwen2.5-14B-Instruct",
+    "qwen3-4b": "Qwen/Qwen3-4B",
+    "qwen3-8b": "Qwen/Qwen3-8B",
+    "qwen3-14b": "Qwen/Qwen3-14B",
+    "llama3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+}
+
+
+def test_every_bundled_recipe_is_listed() -> None:
+    assert sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) == sorted(STUDENTS)
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
 def test_bundled_recipes_load_by_name(name: str) -> None:
     r = load_config(name)
-    size = name.split("-")[1].upper()
-    assert r.model.name_or_path == f"Qwen/Qwen2.5-{size}-Instruct"
-    assert r.lora.target_modules == "all-linear"
+    assert r.model.name_or_path == STUDENTS[name]
+    assert r.name == f"{name}-medr1-lora" and r.train.output_dir == f"runs/{name}-medr1-lora"
+    assert r.lora.target_modules == "all-linear" and r.lora.r == 64
     assert r.train.packing and r.train.lr_scheduler_type == "cosine" and r.train.gradient_checkpointing
-    assert r.data.template == "medr1-mcq-v1"
+    assert r.data.messages == "messages" and r.data.template == "medr1-mcq-v1"
     assert r.data.assistant_format == "<think>{reasoning}</think>\n<answer>{answer_label}</answer>"
+    assert r.model.chat_template is None  # each student's own template; the loss mask is found from it
     assert r.source == str(RECIPES_DIR / f"{name}.yaml")
 
 
@@ -56,6 +72,7 @@ def test_overrides_set_typed_values_and_change_the_recipe_hash() -> None:
         (["--model.dtype", "int8"], "model.dtype must be"),
         (["--warmup_ratio", "10"], "train.warmup_ratio must be in [0, 1)"),
         (["stray"], "override 'stray': expected --KEY VALUE"),
+        (["--data.assistant_format", "<think>{reasoning}</think> {response}"], "set data.messages: null"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides: list[str], message: str) -> None:
@@ -73,7 +90,9 @@ def test_bad_recipe_files(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(tmp_path / "broken.yaml"))
-    with pytest.raises(ConfigError, match=r"no such recipe file or bundled recipe \(bundled: qwen2\.5-14b"):
+    with pytest.raises(
+        ConfigError, match=r"no such recipe file or bundled recipe \(bundled: llama3\.1-8b, qwen2\.5-14b"
+    ):
         load_config("qwen9")
 
 

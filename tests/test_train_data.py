@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from medr1_data.prompts import get_template
+from medr1_data.schema import CHAT_FIELDS
 from medr1_train.config import ConfigError, DataConfig
-from medr1_train.data import IGNORE_INDEX, load_release, prepare, select_rows, to_messages
+from medr1_train.data import (
+    GENERATION_MARKERS,
+    IGNORE_INDEX,
+    PROMPT_COMPLETION,
+    inline_thinking,
+    load_release,
+    prepare,
+    select_rows,
+    to_messages,
+)
 from tests.test_train_fixtures import build_demo_release, tiny_recipe, write_release
 
 pytest.importorskip("transformers", reason="transformers is in the train extra")
+
+MESSAGES_TYPE = next(f.type for f in CHAT_FIELDS if f.name == "messages")
 
 
 @pytest.fixture(scope="module")
@@ -174,13 +187,129 @@ def test_data_errors_are_one_line(tmp_path: Path, tokenizer) -> None:
         prepare(DataConfig(dataset="medr1/no-such-dataset", revision="v0"), tokenizer)
 
 
-def test_templates_without_generation_markers_are_refused(demo_release: Path, tiny_model: Path) -> None:
+def _assistant_span(ex: dict) -> tuple[int, int]:
+    """First and last positions that carry a label."""
+    kept = [i for i, t in enumerate(ex["labels"]) if t != IGNORE_INDEX]
+    return kept[0], kept[-1]
+
+
+def test_conversations_come_from_the_release_messages_column(demo_release: Path, tokenizer) -> None:
+    table, _ = load_release(DataConfig(dataset=str(demo_release)))
+    for row in table.to_pylist():  # the release's two chat columns hold the same conversation
+        assert [inline_thinking(m) for m in row["messages"]] == row["messages_think_inline"]
+        assert row["messages"][2]["reasoning_content"] == row["reasoning"].strip()
+    column = prepare(DataConfig(dataset=str(demo_release), eval_fraction=0.0), tokenizer)
+    rendered = prepare(DataConfig(dataset=str(demo_release), eval_fraction=0.0, messages=None), tokenizer)
+    assert column.stats["conversations"] == "release column messages"
+    assert rendered.stats["conversations"].startswith("rendered (medr1-mcq-v1")
+    # The column the build wrote is the conversation medr1-train renders from the question and trace columns.
+    assert column.train["input_ids"] == rendered.train["input_ids"]
+    assert column.train["labels"] == rendered.train["labels"]
+    inline = prepare(
+        DataConfig(dataset=str(demo_release), eval_fraction=0.0, messages="messages_think_inline"), tokenizer
+    )
+    assert inline.train["input_ids"] == column.train["input_ids"]
+
+
+def test_a_release_chat_column_is_trained_as_written(tmp_path: Path, tokenizer) -> None:
+    """Whatever the other columns say, the turns of the `messages` column are what is trained on."""
+    from medr1_data.shards import ShardSettings, read_release, write_manifest, write_shards
+
+    base = read_release(write_release(tmp_path / "rel", [{"id": "q1", "question": "Which side?"}]))
+    turns = [
+        {"role": "system", "content": "Be brief.", "reasoning_content": None},
+        {"role": "user", "content": "Left or right? A. left B. right", "reasoning_content": None},
+        {"role": "assistant", "content": "<answer>B</answer>", "reasoning_content": "Right it is."},
+    ]
+    table = base.append_column("messages", pa.array([turns], type=MESSAGES_TYPE))
+    write_manifest(tmp_path / "chat", write_shards(table, tmp_path / "chat", ShardSettings()), table.schema, {}, "0")
+    prepared = prepare(DataConfig(dataset=str(tmp_path / "chat"), eval_fraction=0.0), tokenizer)
+    (ex,) = prepared.train
+    first, last = _assistant_span(ex)
+    prompt = tokenizer.decode(ex["input_ids"][:first])
+    assert prompt == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nLeft or right? A. left B. right<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert (
+        tokenizer.decode(ex["input_ids"][first : last + 1])
+        == "<think>Right it is.</think>\n<answer>B</answer><|im_end|>"
+    )
+    rendered = prepare(DataConfig(dataset=str(tmp_path / "chat"), eval_fraction=0.0, messages=None), tokenizer)
+    assert "Which side?" in tokenizer.decode(rendered.train[0]["input_ids"]) and "Which side?" not in prompt
+
+
+def _without_markers(tokenizer):
+    tokenizer.chat_template = tokenizer.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    return tokenizer
+
+
+def test_any_template_gets_assistant_only_loss_through_prompt_completion(demo_release: Path, tiny_model: Path) -> None:
+    """A template with no {% generation %} markers that TRL does not know: the loss covers what follows the prompt."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    tok.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
-    with pytest.raises(ConfigError, match="no \\{% generation %\\} markers"):
+    tok = _without_markers(AutoTokenizer.from_pretrained(tiny_model))
+    prepared = prepare(DataConfig(dataset=str(demo_release), eval_fraction=0.0), tok)
+    assert prepared.stats["loss_on"] == PROMPT_COMPLETION
+    by_question = {r["question"].strip(): r for r in load_release(DataConfig(dataset=str(demo_release)))[0].to_pylist()}
+    for ex in prepared.train:
+        first, last = _assistant_span(ex)
+        assert all(t == IGNORE_INDEX for t in ex["labels"][:first]) and last == len(ex["labels"]) - 1
+        prompt = tok.decode(ex["input_ids"][:first])
+        assert prompt.startswith("<|im_start|>system\nYou are a medical expert") and prompt.endswith(
+            "<|im_start|>assistant\n"
+        )
+        row = by_question[next(q for q in by_question if q in prompt)]
+        # The tiny template ends each turn with <|im_end|> and a newline: the completion keeps both, as TRL's would.
+        reasoning = row["reasoning"].strip()
+        assert (
+            tok.decode(ex["labels"][first:])
+            == f"<think>{reasoning}</think>\n<answer>{row['answer_label']}</answer><|im_end|>\n"
+        )
+
+
+def test_a_template_that_renders_the_prompt_differently_is_refused(demo_release: Path, tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = _without_markers(AutoTokenizer.from_pretrained(tiny_model))
+    # The generation prompt opens the thinking, but a written conversation does not: the prompt is not a prefix.
+    tok.chat_template = tok.chat_template.replace(
+        "'<|im_start|>assistant\\n' }}{%- endif %}", "'<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"
+    )
+    assert "<think>" in tok.chat_template
+    with pytest.raises(ConfigError, match="renders the prompt with its generation prompt differently"):
         prepare(DataConfig(dataset=str(demo_release), eval_fraction=0.0), tok)
+
+
+def test_the_recipe_can_supply_the_chat_template(demo_release: Path, tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+    from transformers import AutoTokenizer
+
+    from medr1_train.config import load_config
+    from medr1_train.sft import load_tokenizer
+
+    student = tmp_path / "student"
+    shutil.copytree(tiny_model, student)
+    with_markers = AutoTokenizer.from_pretrained(tiny_model).chat_template
+    _without_markers(AutoTokenizer.from_pretrained(tiny_model)).save_pretrained(student)
+    (tmp_path / "chat.jinja").write_text(with_markers)
+
+    def recipe(name: str, chat_template: str) -> Path:
+        path = tiny_recipe(tmp_path / f"{name}.yaml", student, demo_release, tmp_path / "out")
+        data = yaml.safe_load(path.read_text())
+        data["model"]["chat_template"] = chat_template
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    tok = load_tokenizer(load_config(str(recipe("file", "chat.jinja"))))  # a file beside the recipe
+    assert tok.chat_template == with_markers
+    assert prepare(DataConfig(dataset=str(demo_release), eval_fraction=0.0), tok).stats["loss_on"] == GENERATION_MARKERS
+    assert load_tokenizer(load_config(str(recipe("inline", with_markers)))).chat_template == with_markers
+    assert AutoTokenizer.from_pretrained(student).chat_template != with_markers  # the student's own is unmarked
+    with pytest.raises(ConfigError, match=r"model.chat_template: no such file .*nope.jinja"):
+        load_config(str(recipe("missing", "nope.jinja")))
 
 
 def test_cli_dry_run_prints_the_data_counts(

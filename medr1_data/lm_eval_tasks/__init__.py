@@ -1,4 +1,5 @@
-"""lm-evaluation-harness tasks for MedR1: generative `medr1_*` for reasoning models, `medr1_*_mc` for base models."""
+"""lm-evaluation-harness tasks for MedR1: generative `medr1_*`, sampled `medr1_*_maj8` (maj@8, avg@8) for reasoning
+models, `medr1_*_mc` for base models."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 TASKS = ("medr1_medqa", "medr1_medmcqa", "medr1_pubmedqa", "medr1_mmlu_medical", "medr1_headqa")
 MC_TASKS = tuple(f"{t}_mc" for t in TASKS)
-GROUPS = ("medr1", "medr1_mc")
+MAJ_TASKS = tuple(f"{t}_maj8" for t in TASKS)
+GROUPS = ("medr1", "medr1_mc", "medr1_maj8")
 # The task each registered benchmark is scored by (medr1_data.benchmarks names).
 BENCHMARK_OF = dict(
     zip(TASKS, ("medqa_us_test", "medmcqa_val", "pubmedqa_test", "mmlu_medical_test", "headqa_en_test"), strict=True)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import datasets
 from lm_eval.api.filter import Filter
 from lm_eval.api.task import ConfigurableTask
 
-from medr1_data.answers import after_thinking, extract
+from medr1_data.answers import extract
 from medr1_data.benchmarks import load_benchmark
 from medr1_data.prompts import get_template
 
@@ -22,7 +25,9 @@ INVALID = "[invalid]"
 METADATA_DIR = "benchmark_dir"  # --metadata '{"benchmark_dir": "/path/to/benchmarks"}'
 # A generation within 1% of max_gen_toks counts as having hit it: decoding and re-encoding may merge a few tokens.
 LIMIT_SLACK = 0.01
-TOKENIZER_KEYS = ("tokenizer", "pretrained", "model")  # model args (merged into task metadata) naming a tokenizer
+# Model args (merged into task metadata) that name a tokenizer. An API model's `model=` alias is not one: guessing
+# a Hub repository from it would be a network lookup and, offline or wrong, a made-up token count.
+TOKENIZER_KEYS = ("tokenizer", "pretrained")
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -101,11 +106,6 @@ def doc_to_target_mc(doc: dict) -> int:
 # --------------------------------------------------------------------------------------------------- answers
 
 
-def strip_thinking(text: str) -> str:
-    """The text after the last `</think>`; empty when a `<think>` was opened and never closed (no answer yet)."""
-    return "" if "<think>" in text and "</think>" not in text else after_thinking(text)
-
-
 class Reading(str):
     """The label a generation committed to (or `[invalid]`), carrying the generation and the extractor's rule."""
 
@@ -121,18 +121,45 @@ class Reading(str):
         return str(self), self.response, self.rule
 
 
+class Vote(Reading):
+    """The majority answer of k sampled generations, carrying every sample's Reading (for avg@k and the rates)."""
+
+    samples: tuple[Reading, ...]
+
+    def __new__(cls, samples: Sequence[Reading]) -> Vote:
+        counts = Counter(str(r) for r in samples if str(r) != INVALID)
+        # The most frequent committed answer; a tie goes to the answer reached first. No answer does not vote.
+        label = max(counts, key=lambda lab: (counts[lab], -[str(r) for r in samples].index(lab)), default=None)
+        obj = super().__new__(cls, label, samples[0].response if samples else "", "majority_vote")
+        obj.samples = tuple(samples)
+        return obj
+
+    def __getnewargs__(self) -> tuple[tuple[Reading, ...]]:  # type: ignore[override]
+        return (self.samples,)
+
+
 def read(response: str | None, options: Iterable[Any]) -> Reading:
-    """Strip the thinking, then read the committed answer with the shared extractor (`medr1_data.answers`)."""
+    """Read the committed answer after the thinking with the shared extractor (`medr1_data.answers`)."""
     response = response or ""
-    found = extract(strip_thinking(response), list(options))
+    found = extract(response, list(options))
     return Reading(found.label, response, found.rule)
 
 
 class CommittedAnswer(Filter):
-    """lm-eval filter: each generation becomes the option label it committed to after its thinking."""
+    """lm-eval filter: every generation of a document (all `repeats`) becomes the label it committed to.
 
-    def apply(self, resps: Iterable[list[str]], docs: list[dict]) -> list[Reading]:
-        return [read(r[0] if r else "", doc["options"]) for r, doc in zip(resps, docs, strict=True)]
+    Compose it with lm-eval's `take_first` (one generation per question) or with `MajorityAnswer` (maj@k).
+    """
+
+    def apply(self, resps: Iterable[list[str]], docs: list[dict]) -> list[list[Reading]]:
+        return [[read(g, doc["options"]) for g in (r or [""])] for r, doc in zip(resps, docs, strict=True)]
+
+
+class MajorityAnswer(Filter):
+    """lm-eval filter after `CommittedAnswer`: the k readings of a document become one `Vote` (then `take_first`)."""
+
+    def apply(self, resps: Iterable[list[Reading]], docs: list[dict]) -> list[list[Vote]]:
+        return [[Vote(list(r))] for r in resps]
 
 
 # --------------------------------------------------------------------------------------------------- scoring
@@ -140,44 +167,73 @@ class CommittedAnswer(Filter):
 
 @functools.lru_cache(maxsize=8)
 def _tokenizer(name: str) -> Any:
+    offline = any(os.environ.get(v, "").lower() in ("1", "true") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, local_files_only=offline)  # offline: no Hub lookup at all
     except Exception as e:  # no tokenizer under that name (an API model's alias, offline, ...)
         log.warning(
-            "medr1: no tokenizer for '%s' (%s); truncation falls back to 'no </think> and no answer'",
+            "medr1: no tokenizer for '%s' (%s); `truncated` is unknown (NaN) for this run",
             name,
             str(e).splitlines()[0] if str(e) else type(e).__name__,
         )
         return None
 
 
-def hit_limit(response: str, max_gen_toks: int | None, tokenizer: Any | None, answered: bool = True) -> bool:
-    """Whether a generation used its whole token budget (without a tokenizer: thinking never closed, no answer)."""
+_warned_unknown = False
+
+
+def hit_limit(response: str, max_gen_toks: int | None, tokenizer: Any | None) -> float:
+    """1.0 when a generation used its whole token budget, 0.0 when not, NaN when unknown (no tokenizer)."""
+    global _warned_unknown
     if tokenizer is None or not max_gen_toks:
-        return "</think>" not in response and not answered
+        if not _warned_unknown:
+            _warned_unknown = True
+            log.warning(
+                "medr1: no tokenizer given (model args `tokenizer=` or `pretrained=`, or metadata "
+                "{'tokenizer': NAME}): `truncated` is reported as NaN, unknown rather than guessed"
+            )
+        return math.nan
     n = len(tokenizer(response, add_special_tokens=False)["input_ids"])
-    return n >= max_gen_toks - max(1, int(max_gen_toks * LIMIT_SLACK))
+    return float(n >= max_gen_toks - max(1, int(max_gen_toks * LIMIT_SLACK)))
+
+
+def _score(doc: dict, reading: Reading, max_gen_toks: int | None, tokenizer: Any | None) -> tuple[float, float, float]:
+    """(correct, truncated, no_answer) of one generation; a generation cut off before any `</think>` gets no credit."""
+    cut = hit_limit(reading.response, max_gen_toks, tokenizer)
+    committed = str(reading) != INVALID and not (cut == 1.0 and "</think>" not in reading.response)
+    return float(committed and str(reading) == doc["answer_label"]), cut, float(str(reading) == INVALID)
 
 
 def process_results(
     doc: dict, results: list[Any], max_gen_toks: int | None = None, tokenizer: Any | None = None
 ) -> dict[str, float]:
-    """`acc`: the committed label is the gold one; `truncated`: the generation hit `max_gen_toks`.
+    """`acc`: the committed label is the gold one; `truncated`: the generation hit `max_gen_toks` (NaN: unknown);
+    `no_answer`: it committed to nothing. For a `Vote` (maj@k tasks): `maj_acc` is the majority answer's accuracy,
+    `avg_acc` the mean accuracy of the k samples, `truncated` and `no_answer` their shares of the k samples.
 
     A generation cut off before any `</think>` gets no credit: under a template that pre-fills `<think>` its text
     is unfinished thinking, and a letter read from it is not a committed answer.
     """
     reading = results[0] if isinstance(results[0], Reading) else read(results[0], doc["options"])
-    answered = str(reading) != INVALID
-    cut = hit_limit(reading.response, max_gen_toks, tokenizer, answered)
-    committed = not (cut and "</think>" not in reading.response)
-    return {"acc": float(committed and str(reading) == doc["answer_label"]), "truncated": float(cut)}
+    if not isinstance(reading, Vote):
+        acc, cut, none = _score(doc, reading, max_gen_toks, tokenizer)
+        return {"acc": acc, "truncated": cut, "no_answer": none}
+    scores = [_score(doc, r, max_gen_toks, tokenizer) for r in reading.samples]
+    k = len(scores)
+    # The majority is right when it is the gold label and a sample voting for it got credit (not cut off unfinished).
+    credited = any(str(r) == str(reading) and sc[0] == 1.0 for r, sc in zip(reading.samples, scores, strict=True))
+    return {
+        "maj_acc": float(str(reading) == doc["answer_label"] and credited),
+        "avg_acc": sum(sc[0] for sc in scores) / k,
+        "truncated": sum(sc[1] for sc in scores) / k,
+        "no_answer": sum(sc[2] for sc in scores) / k,
+    }
 
 
 class MedR1Task(ConfigurableTask):
-    """A generative MedR1 task: scores `acc` on the committed answer and `truncated` on the token budget."""
+    """A generative MedR1 task: `acc` (or maj@k/avg@k), `truncated` and `no_answer`; see `process_results`."""
 
     _warned_template = False
 
@@ -196,7 +252,7 @@ class MedR1Task(ConfigurableTask):
         return None
 
     def process_results(self, doc: dict, results: list[Any]) -> dict[str, float]:
-        """`acc` and `truncated` against this task's (possibly overridden) `max_gen_toks` and the model's tokenizer."""
+        """The metrics against this task's (possibly overridden) `max_gen_toks` and the model's tokenizer."""
         limit = int((self.config.generation_kwargs or {}).get("max_gen_toks", 256))
         return process_results(doc, results, limit, self.tokenizer())
 

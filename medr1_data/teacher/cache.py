@@ -42,6 +42,8 @@ CACHE_COLUMNS = pa.schema(
         ("latency_s", pa.float64()),
         ("message", MESSAGE_TYPE),
         ("usage", USAGE_TYPE),
+        ("served_model", pa.string()),  # the model name in the server's response
+        ("listed_model", pa.string()),  # the one model the endpoint listed at GET /models, if it listed one
     ]
 )
 
@@ -179,6 +181,8 @@ def _columns_of(rec: dict[str, Any]) -> dict[str, Any]:
         "latency_s": float(latency) if isinstance(latency, int | float) and not isinstance(latency, bool) else None,
         "message": {k: _text(msg.get(k)) for k in ("content", "reasoning_content", "reasoning")},
         "usage": clean_usage(rec.get("usage")),
+        "served_model": _text(rec.get("served_model")),
+        "listed_model": _text(rec.get("listed_model")),
     }
 
 
@@ -255,6 +259,12 @@ class CacheWriter:
     def _fsync(self) -> None:
         os.fsync(self._fd)
         self.batches += 1
+
+    def sync(self) -> None:
+        """fsync now what is not yet durable (for writers without the group commit's event loop)."""
+        if self._dirty:
+            self._dirty = 0
+            self._fsync()
 
     async def _run(self) -> None:
         assert self._wake is not None

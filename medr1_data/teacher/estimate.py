@@ -61,7 +61,9 @@ def estimate(table: pa.Table, teacher: TeacherSettings) -> list[tuple[str, str]]
         per_completion, basis = float(teacher.expected_completion_tokens), "the recipe's expected_completion_tokens"
     else:
         per_completion, basis = float(R1_MEAN_COMPLETION_TOKENS), "mean of 862 real DeepSeek-R1 completions"
-    per_completion = min(per_completion, teacher.max_tokens)
+    if per_completion > teacher.max_tokens:  # no completion can be longer than the cap: say so, not the guess
+        basis = f"max_tokens={teacher.max_tokens}, below the {per_completion:,.0f} of {basis}"
+        per_completion = float(teacher.max_tokens)
     prompt = sum(_size(j.messages) / bytes_per_token + 4 * len(j.messages) for j in jobs)
     completion = per_completion * len(jobs)
     cost = (prompt * price.input_cache_miss + completion * price.output) / 1e6

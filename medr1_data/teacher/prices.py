@@ -26,13 +26,27 @@ class Price:
 
 DEEPSEEK_PRICING = "https://api-docs.deepseek.com/quick_start/pricing"
 SELF_HOSTED = Price(0.0, 0.0, 0.0, "self-hosted: no per-token bill (set prices to spread the GPU-hours over tokens)")
+# API model names that no longer answer: (provider, model) -> the date they were retired.
+RETIRED = {("deepseek", "deepseek-reasoner"): "2026-07-24", ("deepseek", "deepseek-chat"): "2026-07-24"}
 
 PRICES: dict[str, dict[str, Price]] = {
     "deepseek": {
-        # Standard-hours list prices at DeepSeek-R1's launch (January 2025); DeepSeek has since changed prices,
-        # off-peak discounts and the model behind `deepseek-reasoner`: check the pricing page and override.
-        "deepseek-reasoner": Price(0.14, 0.55, 2.19, f"DeepSeek-R1 list price, January 2025 ({DEEPSEEK_PRICING})"),
-        "deepseek-chat": Price(0.07, 0.27, 1.10, f"DeepSeek-V3 list price, January 2025 ({DEEPSEEK_PRICING})"),
+        # DeepSeek's list prices (USD per 1M tokens, checked 2026-12 on the pricing page): V4 Flash 0.14 input (cache
+        # miss) / 0.28 output, V4 Pro 1.74 / 3.48 (DeepSeek has sold Pro at a 75% discount, 0.435 / 0.87: override the
+        # prices to bill at the discount); cache-hit input 0.0028 (Flash) and 0.0145 (Pro) since 2026-04-26.
+        "deepseek-v4-flash": Price(
+            0.0028, 0.14, 0.28, f"DeepSeek V4 Flash list price, checked 2026-12 ({DEEPSEEK_PRICING})"
+        ),
+        "deepseek-v4-pro": Price(
+            0.0145, 1.74, 3.48, f"DeepSeek V4 Pro list price, checked 2026-12 ({DEEPSEEK_PRICING})"
+        ),
+        # Retired 2026-07-24 (kept to price old caches): R1's launch list price, January 2025 (standard hours).
+        "deepseek-reasoner": Price(
+            0.14, 0.55, 2.19, f"DeepSeek-R1 list price, January 2025; retired 2026-07-24 ({DEEPSEEK_PRICING})"
+        ),
+        "deepseek-chat": Price(
+            0.07, 0.27, 1.10, f"DeepSeek-V3 list price, January 2025; retired 2026-07-24 ({DEEPSEEK_PRICING})"
+        ),
     },
     "vllm": {"*": SELF_HOSTED},
     "sglang": {"*": SELF_HOSTED},

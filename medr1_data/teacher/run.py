@@ -1,10 +1,13 @@
 """The distill stage: plan the requests, fetch what the cache lacks under the cache's lock, assemble the traces.
 
 What is guaranteed: a response that arrived and was written to the cache is never requested again (its key is in
-the file, and the next run skips it); two runs never share a cache at once (a file lock). What is not: a request
-that timed out or whose connection broke may have been billed by the provider and is retried, and a response that
-arrived while the process was being killed, before its line was written, is requested again. The requests that may
-have been paid twice are among those `RunStats.retries` counts as `timeout` and `connection_error`.
+the file, and the next run skips it), whichever endpoint or engine fetched it; two runs never share a cache at once
+(a file lock), and one run's endpoints share its one cache. What is not: a request that timed out, stalled or whose
+connection broke may have been billed by the provider and is retried (on another endpoint when there are several),
+and a response that arrived while the process was being killed, before its line was written, is requested again
+(with `engine: ray`, every response still at the Ray workers, at most `ray.batch_size` per worker). The requests
+that may have been paid twice are among those `RunStats.retries` counts as `timeout`, `stalled`,
+`stream_incomplete` and `connection_error`.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import contextlib
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -25,6 +29,7 @@ from medr1_data.progress import LiveLine
 from medr1_data.teacher.cache import CacheWriter, ResponseCache, lock_cache
 from medr1_data.teacher.client import Fatal, RunStats, TeacherClient, api_key, progress_line
 from medr1_data.teacher.plan import Job, missing_jobs, plan_requests
+from medr1_data.teacher.prices import RETIRED
 from medr1_data.teacher.settings import TeacherSettings
 from medr1_data.teacher.traces import assemble
 
@@ -37,6 +42,7 @@ class DistillResult:
     stats: RunStats
     missing: int
     first_missing: tuple[str, int] | None = None
+    reported_models: dict[str, int] = field(default_factory=dict)  # model name the server reported -> traces
 
     def summary(self) -> list[tuple[str, str]]:
         """(what, value) rows for the final summary."""
@@ -50,6 +56,12 @@ class DistillResult:
         ]
         rows += [(f"  failed: {k}", str(v)) for k, v in sorted(st.failures.items())]
         rows += [(f"  retried: {k}", str(v)) for k, v in sorted(st.retries.items())]
+        if len(st.endpoints) > 1:
+            rows += [
+                (f"  endpoint {e['url']}", f"{e['ok']} ok, {e['failed']} failed, breaker opened {e['trips']}x")
+                for e in st.endpoints
+            ]
+        rows += [(f"  model reported: {k}", str(v)) for k, v in sorted(self.reported_models.items())]
         if st.to_fetch:
             rate = st.fetched / st.seconds if st.seconds else 0.0
             rows += [
@@ -83,16 +95,43 @@ def run_distill(
     stats = RunStats(total=len({k for _, _, k in plan.requests}), to_fetch=len(jobs))
     stats.cached_before = stats.total - stats.to_fetch
     errors: dict[str, str] = {}
-    if jobs and not teacher.offline:
+    if jobs and teacher.endpoint == "dataset":
+        from medr1_data.teacher.importer import import_responses
+
+        errors = import_responses(jobs, table, teacher, stats)
+        columns = cache.read_columns()
+    elif jobs and not teacher.offline:
         del columns
         errors = _fetch(jobs, teacher, stats, None if quiet else (progress_stream or sys.stderr), progress_interval)
         columns = cache.read_columns()  # the new responses are in the file now
     elif jobs:
         errors = {j.key: "not in the cache (offline)" for j in jobs}
+    reported = reported_models(columns, [k for _, _, k in plan.requests], teacher.model)
     holder = [columns]
     del columns
     done = assemble(table, plan, holder, errors, teacher)
-    return DistillResult(done.table, stats, done.missing, done.first_missing)
+    return DistillResult(done.table, stats, done.missing, done.first_missing, reported)
+
+
+NOT_RECORDED = "(not recorded)"
+
+
+def reported_models(cache: pa.Table, keys: list[str], requested: str) -> dict[str, int]:
+    """Traces per model name the server reported, over the planned keys the cache holds.
+
+    The name is the response's `model` when it differs from the requested one; else the one model the endpoint
+    listed at GET /models when it listed one (llama.cpp echoes the requested name but lists the file it serves);
+    else the response's `model`. Records written before these fields existed count as "(not recorded)"."""
+    df = pl.from_arrow(cache.select(["key", "served_model", "listed_model"])).unique("key", keep="last")
+    df = df.filter(pl.col("key").is_in(list(set(keys))))
+    served, listed = pl.col("served_model"), pl.col("listed_model")
+    name = (
+        pl.when(served.is_not_null() & (served != requested))
+        .then(served)
+        .otherwise(pl.coalesce(listed, served, pl.lit(NOT_RECORDED)))
+    )
+    counts = df.select(name.alias("name")).group_by("name").len().sort("name")
+    return dict(counts.iter_rows())
 
 
 def _fetch(
@@ -101,10 +140,21 @@ def _fetch(
     """Request the jobs; the reason each key that did not arrive is missing."""
     if teacher.endpoint == "recorded":
         raise Medr1Error("teacher endpoint 'recorded' only serves the cache: set offline: true")
+    if (teacher.endpoint, teacher.model) in RETIRED:
+        raise Medr1Error(
+            f"{teacher.endpoint} retired the API model '{teacher.model}' on {RETIRED[teacher.endpoint, teacher.model]}"
+            "; use a live one, e.g. --set teacher.preset=deepseek-v4-pro (or deepseek-v4-flash), or DeepSeek-R1-0528 "
+            "on your own vLLM/SGLang server (--set teacher.preset=deepseek-r1-0528)"
+        )
     teacher.url(), api_key(teacher)  # fail before anything is created or sent
     progress = LiveLine(stream, lambda: progress_line(stats), interval, log_off_tty=True) if stream else None
     try:
-        errors, fetched = _run_coroutine(_fetch_missing(jobs, teacher, stats, progress))
+        if teacher.engine == "ray":
+            from medr1_data.teacher.ray_engine import fetch_with_ray
+
+            errors, fetched = fetch_with_ray(jobs, teacher, stats, progress)
+        else:
+            errors, fetched = _run_coroutine(_fetch_missing(jobs, teacher, stats, progress))
     except asyncio.CancelledError:  # SIGTERM: what succeeded is in the cache
         raise KeyboardInterrupt from None
     finally:
@@ -169,8 +219,13 @@ def distill(table: pa.Table, teacher: TeacherSettings, *, quiet: bool = False) -
     With `offline: true` every response must be in the cache. Otherwise the missing ones are requested from the
     teacher first; a run that still leaves some missing raises Medr1Error naming how many (rerun to retry them).
     """
-    result = run_distill(table, teacher, quiet=quiet)
-    if result.missing:
+    return require_complete(run_distill(table, teacher, quiet=quiet), teacher).table
+
+
+def require_complete(result: DistillResult, teacher: TeacherSettings) -> DistillResult:
+    """The result when every planned row has its response (or, for a dataset teacher, what it had); a Medr1Error
+    naming how many are missing otherwise."""
+    if result.missing and teacher.endpoint != "dataset":
         first, sample = result.first_missing
         total = result.table.num_rows
         if teacher.offline:
@@ -183,7 +238,7 @@ def distill(table: pa.Table, teacher: TeacherSettings, *, quiet: bool = False) -
             f"{teacher.cache}: {result.missing} of {total} teacher responses are still missing after the run "
             f"(first: {first} sample {sample}: {_first_error(result.table)}){stopped}; rerun to request them again"
         )
-    return result.table
+    return result
 
 
 def _first_error(table: pa.Table) -> str:

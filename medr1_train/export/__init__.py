@@ -5,14 +5,17 @@ Layout of `--out DIR` (each folder is a self-contained Hub-style repo with its o
     DIR/merged/     safetensors in the base's dtype, tokenizer + chat template, generation config (`--merge`)
     DIR/int8/       torchao int8 weight-only through Transformers' `TorchAoConfig` (CPU and GPU)
     DIR/int4/       torchao int4 weight-only (tinygemm kernels: CUDA only)
-    DIR/gguf/       `NAME-F16.gguf`, `NAME-Q8_0.gguf`, `NAME-Q4_0.gguf` for llama.cpp / Ollama (Qwen2 models)
+    DIR/gguf/       `NAME-F16.gguf`, `NAME-Q8_0.gguf`, `NAME-Q4_0.gguf` for llama.cpp / Ollama (Qwen2, Qwen3, Llama)
     DIR/export_report.json
 
 Every variant written is loaded back with its standard loader, generates, and its logits on a fixed chat prompt
-are compared with the merged model's; the numbers go into its card and the report.
+are compared with the merged model's; the numbers go into its card and the report. Everything that can be checked
+without weights (arguments, adapter against base, the GGUF architecture and tokenizer, existing outputs) is checked
+first; outputs are written to a staging folder and moved into DIR only when all of them are done. Separate calls add
+to DIR: GGUF files of other kinds stay, and `export_report.json` lists every variant in DIR.
 
-This module handles the arguments and runs the export; the checks, the GGUF writer and the torchao variants are in
-`checks`, `gguf` and `quantize`, the cards in `medr1_train.card`.
+This module handles the arguments and runs the export; the checks, the GGUF writer, the torchao variants and the
+output folders are in `checks`, `gguf`, `quantize` and `outputs`, the cards in `medr1_train.card`.
 """
 
 from __future__ import annotations
@@ -21,12 +24,9 @@ import argparse
 import contextlib
 import gc
 import importlib
-import json
-import shutil
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,17 @@ from medr1_train.export.checks import (
     read_json,
     weights_bytes,
 )
-from medr1_train.export.gguf import gguf_variant
+from medr1_train.export.gguf import check_gguf_support, gguf_variant
+from medr1_train.export.outputs import (
+    adapter_sha256,
+    check_targets,
+    commit,
+    folder_of,
+    kept_variants,
+    previous_report,
+    staging,
+    write_report,
+)
 from medr1_train.export.quantize import torchao_variant
 
 __all__ = [
@@ -142,11 +152,6 @@ def read_eval_results(path: Path | None) -> dict[str, dict[str, float]]:
     return table
 
 
-def _folder(kind: str) -> str:
-    """The output folder of a kind (or of `merged`): all GGUF files share `gguf/`."""
-    return "gguf" if KINDS.get(kind) == "gguf" else kind
-
-
 def _libraries(kinds: list[str]) -> list[str]:
     return [library for library in ("torchao", "gguf") if any(KINDS[k] == library for k in kinds)]
 
@@ -167,14 +172,6 @@ def _require(kinds: list[str]) -> None:
             "--quantize int4 needs a CUDA GPU (torchao's int4 weight-only kernels have no CPU path in this version); "
             "on CPU use int8, or gguf-q4_0 with llama.cpp"
         )
-
-
-def _prepare(folder: Path, overwrite: bool) -> None:
-    if folder.exists() and any(folder.iterdir()):
-        if not overwrite:
-            raise Medr1Error(f"{folder} already exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
 
 
 def _versions(kinds: list[str]) -> dict[str, str]:
@@ -215,6 +212,8 @@ class _Plan:
     info: dict[str, Any]
     command: str
     versions: dict[str, str]
+    adapter_sha256: str
+    previous: dict[str, Any] | None  # export_report.json of earlier calls into DIR
 
     @property
     def dtype_name(self) -> str:
@@ -227,8 +226,13 @@ class _Plan:
         return 0.0 if self.dtype_name == "float32" else LOW_PRECISION_NOISE
 
 
+def _tokenizer_source(adapter: Path, base: str) -> Path | str:
+    return adapter if (adapter / "tokenizer_config.json").is_file() else base
+
+
 def _plan(args: argparse.Namespace) -> _Plan:
-    """Check the arguments, the adapter against its base and the libraries, then empty the output folders."""
+    """Check the arguments, the adapter against its base, the libraries, the GGUF architecture and tokenizer, and
+    what DIR already holds: every error comes before any weight is loaded or any file written."""
     kinds = parse_kinds(args.quantize)
     if not args.merge and not kinds:
         raise Medr1Error("nothing to export: pass --merge, --quantize KIND, or both")
@@ -239,13 +243,17 @@ def _plan(args: argparse.Namespace) -> _Plan:
         raise Medr1Error(f"{adapter}/adapter_config.json names no base model; pass --base MODEL")
     _require(kinds)
     config = check_compatible(adapter, str(base))
+    if any(KINDS[k] == "gguf" for k in kinds):
+        from transformers import AutoTokenizer
+
+        check_gguf_support(config, AutoTokenizer.from_pretrained(_tokenizer_source(adapter, str(base))))
     out = Path(args.out)
     if args.eval_results is not None and not args.eval_results.is_file():
         raise Medr1Error(f"{args.eval_results}: eval results file not found")
     evals = read_eval_results(args.eval_results or (adapter / "eval_results.json"))
-    info = training_info(adapter)
-    for folder in dict.fromkeys(_folder(k) for k in (["merged"] if args.merge else []) + kinds):
-        _prepare(out / folder, args.overwrite)
+    name = args.name or out.resolve().name
+    check_targets(out, (["merged"] if args.merge else []) + kinds, name, args.overwrite)
+    sha = adapter_sha256(adapter)
     command = "medr1-train export " + " ".join(
         [str(adapter), f"--base {base}", f"--out {out}"]
         + (["--merge"] if args.merge else [])
@@ -256,14 +264,16 @@ def _plan(args: argparse.Namespace) -> _Plan:
         base=str(base),
         kinds=kinds,
         out=out,
-        name=args.name or out.resolve().name,
+        name=name,
         merge=args.merge,
         no_check=args.no_check,
         dtype=_dtype_of(config),
         evals=evals,
-        info=info,
+        info=training_info(adapter),
         command=command,
         versions=_versions(kinds),
+        adapter_sha256=sha,
+        previous=previous_report(out, sha, str(base)),
     )
 
 
@@ -274,8 +284,7 @@ def _load_merged(plan: _Plan) -> tuple[Any, Any, Any, Any]:
 
     t0 = time.perf_counter()
     _log(f"loading base {plan.base} ({plan.dtype_name}) and adapter {plan.adapter}")
-    tok_source = plan.adapter if (plan.adapter / "tokenizer_config.json").is_file() else plan.base
-    tokenizer = AutoTokenizer.from_pretrained(tok_source)
+    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(plan.adapter, plan.base))
     if not tokenizer.chat_template:
         _log("warning: the tokenizer has no chat template; the exported model will not format chats by itself")
     model = AutoModelForCausalLM.from_pretrained(plan.base, dtype=plan.dtype, device_map="cpu")
@@ -307,44 +316,47 @@ def _merged_variant(merged_dir: Path, unmerged_logits: Any, plan: _Plan) -> Vari
     return v
 
 
-def _export(plan: _Plan) -> tuple[list[Variant], tuple[float, float, float]]:
-    """Merge, write and check every variant; also the in-memory merge check (merged against base + adapter)."""
+def _export(plan: _Plan, stage: Path) -> tuple[list[Variant], tuple[float, float, float]]:
+    """Merge, write and check every variant in `stage`; also the in-memory merge check (merged against base +
+    adapter). The merged model is saved to `stage/merged` in any case: the torchao variants are made from it."""
     tokenizer, merged, unmerged_logits, merged_logits = _load_merged(plan)
     variants: list[Variant] = []
-    with tempfile.TemporaryDirectory(prefix="medr1-merged-") as tmp:
-        merged_dir = plan.out / "merged" if plan.merge else Path(tmp)
-        merged.save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
-        if plan.merge:
-            variants.append(_merged_variant(merged_dir, unmerged_logits, plan))
+    merged_dir = stage / "merged"
+    merged.save_pretrained(merged_dir)
+    tokenizer.save_pretrained(merged_dir)
+    if plan.merge:
+        variants.append(_merged_variant(merged_dir, unmerged_logits, plan))
 
-        # GGUF is written from the merged weights in memory; torchao variants reload them from disk, so the merged
-        # model is freed first (a 7B student in bf16 is 15 GB of RAM).
-        written: dict[str, Variant] = {}
-        for kind in sorted(plan.kinds, key=lambda k: KINDS[k] != "gguf"):
-            if KINDS[kind] != "gguf" and merged is not None:
-                merged = None
-                gc.collect()
-            t = time.perf_counter()
-            if KINDS[kind] == "gguf":
-                written[kind] = gguf_variant(
-                    kind, merged, tokenizer, plan.out / "gguf", plan.name, merged_logits, plan.no_check, plan.noise
-                )
-            else:
-                written[kind] = torchao_variant(
-                    kind, merged_dir, plan.out / kind, plan.dtype, merged_logits, plan.no_check, tokenizer, plan.noise
-                )
-            _log(f"{kind} written in {time.perf_counter() - t:.1f}s")
-        variants += [written[k] for k in plan.kinds]
+    # GGUF is written from the merged weights in memory; torchao variants reload them from disk, so the merged
+    # model is freed first (a 7B student in bf16 is 15 GB of RAM).
+    written: dict[str, Variant] = {}
+    for kind in sorted(plan.kinds, key=lambda k: KINDS[k] != "gguf"):
+        if KINDS[kind] != "gguf" and merged is not None:
+            merged = None
+            gc.collect()
+        t = time.perf_counter()
+        if KINDS[kind] == "gguf":
+            written[kind] = gguf_variant(
+                kind, merged, tokenizer, stage / "gguf", plan.name, merged_logits, plan.no_check, plan.noise
+            )
+        else:
+            written[kind] = torchao_variant(
+                kind, merged_dir, stage / kind, plan.dtype, merged_logits, plan.no_check, tokenizer, plan.noise
+            )
+        _log(f"{kind} written in {time.perf_counter() - t:.1f}s")
+    variants += [written[k] for k in plan.kinds]
     return variants, compare(unmerged_logits, merged_logits)
 
 
-def _write_cards(plan: _Plan, variants: list[Variant]) -> None:
-    """One README.md per output folder; each variant then lists the files of its folder."""
+def _write_cards(plan: _Plan, stage: Path, variants: list[Variant], kept: list[Variant]) -> None:
+    """One README.md per output folder of this call, in `stage`; `gguf/`'s lists the GGUF files kept from earlier
+    calls too."""
     folders: dict[str, list[Variant]] = {}
     for v in variants:
-        folders.setdefault(_folder(v.kind), []).append(v)
+        folders.setdefault(folder_of(v.kind), []).append(v)
+    commands = [*(plan.previous or {}).get("commands", []), plan.command]
     for folder, vs in folders.items():
+        shown = [v for v in kept if folder_of(v.kind) == folder] + vs if folder == "gguf" else vs
         card = variant_card(
             name=plan.name,
             folder=folder,
@@ -352,26 +364,24 @@ def _write_cards(plan: _Plan, variants: list[Variant]) -> None:
             dtype=plan.dtype_name,
             info=plan.info,
             evals=plan.evals,
-            variants=vs,
-            command=plan.command,
+            variants=shown,
+            command="\n".join(commands) if folder == "gguf" else plan.command,
             versions=plan.versions,
             generate_tokens=GENERATE_TOKENS,
         )
-        (plan.out / folder / "README.md").write_text(card, encoding="utf-8")
-        for v in vs:
-            v.files = sorted(str(p.relative_to(plan.out)) for p in (plan.out / folder).rglob("*") if p.is_file())
+        (stage / folder / "README.md").write_text(card, encoding="utf-8")
 
 
-def _write_report(plan: _Plan, variants: list[Variant], merge_check: tuple[float, float, float]) -> None:
-    report = {
+def _report(plan: _Plan, merge_check: tuple[float, float, float]) -> dict[str, Any]:
+    return {
         "adapter": str(plan.adapter),
+        "adapter_sha256": plan.adapter_sha256,
         "base": plan.base,
         "dtype": plan.dtype_name,
         "merge_check_in_memory": dict(zip(("rel_error", "max_abs_error", "top1_agreement"), merge_check, strict=True)),
-        "variants": [asdict(v) for v in variants],
         "versions": plan.versions,
+        "command": plan.command,
     }
-    (plan.out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 def _print_summary(variants: list[Variant]) -> None:
@@ -390,8 +400,11 @@ def _print_summary(variants: list[Variant]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Merge, write the asked-for variants, load each back and check it; print a summary table."""
     plan = _plan(args)
-    variants, merge_check = _export(plan)
-    _write_cards(plan, variants)
-    _write_report(plan, variants, merge_check)
+    kept = kept_variants(plan.previous, set(plan.kinds) | ({"merged"} if plan.merge else set()))
+    with staging(plan.out) as stage:
+        variants, merge_check = _export(plan, stage)
+        _write_cards(plan, stage, variants, kept)
+        commit(stage, plan.out, variants, plan.name)
+    write_report(plan.out, _report(plan, merge_check), kept + variants, plan.previous)
     _print_summary(variants)
     return 0
