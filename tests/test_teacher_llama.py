@@ -23,7 +23,8 @@ import pytest
 from medr1_data.teacher import CACHE_FILE, ResponseCache, plan_requests, run_distill
 
 from .conftest import require_shared
-from .llama_server import MODEL_FILE, llama_server
+from .llama_server import llama_server
+from .smollm2 import GGUF_FILE as MODEL_FILE
 from .test_distill_client import ROOT, cache_lines, questions, settings, write_questions
 
 MODEL = "smollm2-135m-instruct"  # the name the requests ask for; llama.cpp echoes it and lists the GGUF file
