@@ -27,6 +27,7 @@ from medr1_data.contracts import check_input
 from medr1_data.decontam import BenchmarkIndex, DecontamSettings, build_index, decontaminate
 from medr1_data.dedup import DedupSettings, dedup
 from medr1_data.layouts import Layout, detect_layout, map_rows, parse_layout, required_columns
+from medr1_data.progress import release_memory
 from medr1_data.score import score
 from medr1_data.verify import verify
 
@@ -142,7 +143,9 @@ def _scan(spec: str, split: str, index: BenchmarkIndex, out: Path, rows: int, ex
             writer.write_table(flagged)
             _tally_contamination(t, flagged, examples)
             _tally_traces(t, mapped)
-            questions.append(mapped.select(QUESTION_COLUMNS))
+            questions.append(mapped.select(QUESTION_COLUMNS).combine_chunks())
+            del mapped, dec, flagged
+            release_memory()  # a batch's traces are Python strings for a moment: give their heap back
     if layout is None:
         raise Medr1Error(f"{source.describe()}: the dataset has no rows")
     return t, source, layout, questions

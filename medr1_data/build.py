@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from medr1_data import Medr1Error, __version__
 from medr1_data.checkpoints import Checkpoints, decode_stats, encode_stats, fingerprint, stage_key
-from medr1_data.progress import BuildProgress, PeakRSS
+from medr1_data.progress import BuildProgress, PeakRSS, release_memory
 from medr1_data.recipe import Recipe
 from medr1_data.select import drop_counts
 from medr1_data.shards import sha256_file
@@ -138,18 +138,6 @@ def _run_stage(name: str, table: pa.Table | None, b: Build) -> tuple[pa.Table, d
     changed = [p for p, sig in _files(b.out, b.build_dir).items() if files_before.get(p) != sig]
     outputs = {str(p): known.get(str(p)) or sha256_file(p) for p in changed}
     return out, entry, {"stats": added, "outputs": outputs}
-
-
-def _release_memory() -> None:
-    """Hand memory freed by the last stage back to the OS, so that the next stage's peak starts from what is live."""
-    import contextlib
-    import ctypes
-    import gc
-
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    with contextlib.suppress(OSError, AttributeError):  # glibc keeps freed Python strings in its heap until asked
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _stage_index(stages: list[str], name: str | None, option: str, recipe: Recipe) -> int | None:
@@ -307,7 +295,7 @@ def _run(recipe: Recipe, out: Path, quiet: bool, first: int | None, last: int, f
             )
         running = True
         table, source, entry = _compute(name, keys[i], table, source, checkpoints, b)
-        _release_memory()  # the input table is gone now: the next stage's peak starts from what is live
+        release_memory()  # the input table is gone now: the next stage's peak starts from what is live
         _record(entry, b)
     _write_report(b, last == len(stages) - 1, time.perf_counter() - started)
     return b

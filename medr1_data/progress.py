@@ -226,3 +226,17 @@ class BuildProgress:
     def close(self) -> None:
         """Stop the ticker (a stage that raised)."""
         self.line.stop()
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS (the Arrow pool, the glibc heap): the next peak starts from what is live."""
+    import contextlib
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # glibc keeps freed Python strings in its heap until asked
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
