@@ -22,11 +22,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medr1_data import Medr1Error, contracts
-from medr1_data.batches import Input, hub_batches, local_batches
+from medr1_data.batches import open_dataset
 from medr1_data.contracts import check_input
 from medr1_data.decontam import BenchmarkIndex, DecontamSettings, build_index, decontaminate
 from medr1_data.dedup import DedupSettings, dedup
-from medr1_data.layouts import Layout, detect_layout, map_rows, parse_layout, required_columns
+from medr1_data.layouts import map_rows, resolve_layout
 from medr1_data.progress import release_memory
 from medr1_data.score import score
 from medr1_data.verify import verify
@@ -63,19 +63,6 @@ class Tally:
     with_reasoning: int = 0
 
 
-def open_input(spec: str, split: str, rows: int) -> tuple[Layout | None, Input, Any]:
-    """(layout or None to detect, input, batches) for `LAYOUT=PATH`, a local PATH or a Hub id `ORG/NAME[@REV]`."""
-    layout_text, sep, where = spec.rpartition("=")
-    layout = parse_layout(layout_text) if sep else None
-    target = where if sep else spec
-    if Path(target).exists() or sep:
-        source, batches = local_batches(Path(target), rows)
-    else:
-        repo, _, rev = target.partition("@")
-        source, batches = hub_batches(repo, split, rows, rev or None)
-    return layout, source, batches
-
-
 def _tally_contamination(t: Tally, flagged: pa.Table, examples: int) -> None:
     df = pl.from_arrow(flagged)
     for (bench, rule), n in Counter(zip(df["contam_benchmark"], df["contam_rule"], strict=True)).items():
@@ -104,9 +91,10 @@ def _flagged_rows(dec: pa.Table) -> pa.Table:
 
 
 def _tally_traces(t: Tally, rows: pa.Table) -> None:
-    has_gold = pc.and_(pc.is_valid(rows.column("answer_label")), pc.greater(pc.list_value_length(rows["options"]), 0))
+    has_options = pc.greater(pc.list_value_length(rows["options"]), 0)
+    has_gold = pc.and_(pc.is_valid(rows.column("answer_label")), has_options)
     t.with_gold += pc.sum(has_gold).as_py() or 0
-    t.with_options += pc.sum(pc.greater(pc.list_value_length(rows["options"]), 0)).as_py() or 0
+    t.with_options += pc.sum(has_options).as_py() or 0
     t.with_reasoning += rows.num_rows - rows.column("reasoning").null_count
     checked = score(verify(check_input(rows, contracts.TRACES, "audit rows")))
     gold = pl.from_arrow(checked.select(["verify_reason"]).filter(has_gold))
@@ -123,15 +111,11 @@ def _benchmark_index(benchmarks: list[tuple[str, pa.Table]]) -> BenchmarkIndex:
 
 def _scan(spec: str, split: str, index: BenchmarkIndex, out: Path, rows: int, examples: int) -> tuple:
     """One pass over the dataset: decontam, verify, score per batch. (tally, input, layout, question tables)."""
-    layout, source, batches = open_input(spec, split, rows)
+    layout, source, batches = open_dataset(spec, split, rows)
     t, questions = Tally(), []
     with pq.ParquetWriter(out / FLAGGED, FLAGGED_SCHEMA) as writer:
         for batch in batches:
-            if layout is None:
-                layout = detect_layout(batch.schema.names)
-            missing = [c for c in required_columns(layout) if c not in batch.schema.names]
-            if missing:
-                raise Medr1Error(f"{source.describe()}: layout {layout.name} needs column '{missing[0]}'")
+            layout = resolve_layout(layout, batch.schema.names, source.describe())
             mapped, rejected = map_rows(batch, layout, split, t.rows)
             t.rows += batch.num_rows
             t.mapped += mapped.num_rows

@@ -2,7 +2,8 @@
 
 Parquet is read a row group at a time and JSON lines with pyarrow's streaming JSON reader, so memory holds a
 batch, not the file; a `.json` file holding one JSON array is read whole (that format cannot be streamed); a Hub
-dataset is streamed with `datasets` (`streaming=True`), and its id and revision are recorded.
+dataset is streamed with `datasets` (`streaming=True`), and its id and revision are recorded. `open_dataset` reads
+the SPEC that `medr1-data audit` and a dataset teacher take.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from medr1_data import Medr1Error
+from medr1_data.layouts import Layout, parse_layout
 
 SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -98,3 +100,16 @@ def hub_batches(
             yield from pa.Table.from_pydict(batch).to_batches()
 
     return Input(repo, sha, []), gen()
+
+
+def open_dataset(spec: str, split: str, rows: int) -> tuple[Layout | None, Input, Iterator[pa.RecordBatch]]:
+    """(layout or None to detect, input, batches) for `LAYOUT=PATH`, a local PATH or a Hub id `ORG/NAME[@REV]`."""
+    layout_text, sep, where = spec.rpartition("=")
+    layout = parse_layout(layout_text) if sep else None
+    target = where if sep else spec
+    if Path(target).exists() or sep:
+        source, batches = local_batches(Path(target), rows)
+    else:
+        repo, _, rev = target.partition("@")
+        source, batches = hub_batches(repo, split, rows, rev or None)
+    return layout, source, batches

@@ -98,17 +98,14 @@ class DecontamSettings(IndexSettings):
     min_context_tokens: int = 30  # context rule: the item's context needs at least this many distinct words
 
     SHARES: ClassVar[tuple[str, ...]] = (
-        "min_item_share", "min_optgram_share", "min_context_share", "unseen_weight", "near", "near_row",
+        "unseen_weight", "near", "near_row",
         "contained", "wrapped_row_share", "truncated_cover", "stem_with_options", "stem_with_options_row",
         "option_cover", "option_cover_weak", "option_conflict", "option_row_share", "option_stem_share_common",
         "context_contained",
     )  # fmt: skip
-    COUNTS: ClassVar[tuple[str, ...]] = (
-        "ngram_max_df", "word_max_df", "option_max_df", "optset_max_df", "stem_max_df", "context_tokens",
-        "min_option_hits", "min_shared_features", "top_k", "batch_rows", "distinctive_words", "option_short_chars",
-        "min_context_tokens",
-    )  # fmt: skip
+    COUNTS: ClassVar[tuple[str, ...]] = ("distinctive_words", "option_short_chars", "min_context_tokens")
     BOUNDS: ClassVar[Bounds] = {
+        **IndexSettings.BOUNDS,
         **dict.fromkeys(SHARES, (0.0, 1.0)),
         **dict.fromkeys(COUNTS, (1, None)),
         **dict.fromkeys(("min_stem_info", "distinctive_info", "min_option_evidence"), (0.0, None)),

@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import polars as pl
 import pyarrow as pa
 from rapidfuzz import fuzz
 
+from medr1_data.config import Bounds
 from medr1_data.normalize import canonical_frame
 
 VIEW_STEM, VIEW_OPTSET, VIEW_OPTION, VIEW_NGRAM, VIEW_WORD, VIEW_OPTGRAM, VIEW_CONTEXT = range(7)
@@ -38,6 +39,7 @@ SALT = [0, 0x0F0F0F0F0F0F0F0F, 0x3C3C3C3C3C3C3C3C, 0, 0x6996699669966996, 0x1248
 NUMERAL = re.compile(r"[ivx]{1,4}|[a-e]")  # roman numerals and single option-like letters in option texts
 PAIR = 1 << 32  # (row, item) pair key = row * PAIR + item
 EXACT_WEIGHT = 50.0  # retrieval weight of an exact stem or option-set hit (outranks any n-gram evidence)
+OPTSET = pl.col("opts").list.unique().list.sort().list.join("\x1f")  # an option set, in any order: one key
 # Weights are rounded to multiples of a power of two so that every sum of them is exact in float64, whatever order
 # threads or set iteration add them in: tied items stay tied and outputs are identical from run to run.
 QUANTUM_BITS = 20  # token weights (0-1)
@@ -61,6 +63,15 @@ class IndexSettings:
     min_shared_features: int = 2  # candidate by a share (stem, option or context n-grams): at least this many shared
     top_k: int = 4  # candidates confirmed per row (best retrieval score first)
     batch_rows: int = 20_000  # rows per retrieval batch (bounds memory)
+
+    BOUNDS: ClassVar[Bounds] = {
+        **dict.fromkeys(("min_item_share", "min_optgram_share", "min_context_share"), (0.0, 1.0)),
+        **dict.fromkeys(
+            ("ngram_max_df", "word_max_df", "option_max_df", "optset_max_df", "stem_max_df", "context_tokens",
+             "min_option_hits", "min_shared_features", "top_k", "batch_rows"),
+            (1, None),
+        ),
+    }  # fmt: skip
 
 
 class OptionBars(Protocol):
@@ -97,7 +108,7 @@ def features(canon: pl.DataFrame, settings: IndexSettings, *, unique: bool = Tru
     which only raises a share that is clipped at 1 anyway (queries, and the dedup self-index, skip that cost).
     """
     lit = pl.lit
-    optset = pl.col("opts").list.unique().list.sort().list.join("\x1f")
+    optset = OPTSET
     opts = (
         canon.select("_i", pl.col("opts").list.unique(maintain_order=True).alias("opt"))
         .explode("opt")
@@ -183,7 +194,7 @@ def index_frame(
     `feats` are the items' features when already computed (`_i` = item number).
     """
     items = items.with_row_index("_item")
-    optset = pl.col("opts").list.unique().list.sort().list.join("\x1f")
+    optset = OPTSET
     items = items.with_columns(
         pl.when(pl.col("opts").list.len() >= 2)
         .then(pl.col("stem").n_unique().over(optset))

@@ -97,6 +97,15 @@ def required_columns(layout: Layout) -> tuple[str, ...]:
     }.get(layout.name, ("messages",))
 
 
+def resolve_layout(layout: Layout | None, columns: list[str], where: str) -> Layout:
+    """The given layout (or the one the columns say), checked to have the columns it needs."""
+    layout = layout or detect_layout(columns)
+    missing = [c for c in required_columns(layout) if c not in columns]
+    if missing:
+        raise Medr1Error(f"{where}: layout {layout.name} needs column '{missing[0]}'")
+    return layout
+
+
 def parse_mcq(text: str) -> tuple[str, list[tuple[str, str]]]:
     """(stem, [(label, text)]) of a question with a lettered option list; ([], the whole text) without one."""
     marks = list(MARKER.finditer(text))

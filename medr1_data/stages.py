@@ -63,16 +63,22 @@ class Build:
             print(f"[medr1] {message}", file=sys.stderr, flush=True)
 
 
+def unreachable(url: str) -> str | None:
+    """Why `url`'s host cannot be reached from here (a TCP connect to its port), or None."""
+    parts = urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=5).close()
+    except OSError as e:
+        return f"{parts.hostname} cannot be reached ({type(e).__name__})"
+    return None
+
+
 def hub_unreachable() -> str | None:
     """Why the Hub cannot be reached from here (HF_HUB_OFFLINE, or no route to its host), or None."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set"
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as e:
-        return f"{host} cannot be reached ({type(e).__name__})"
-    return None
+    return unreachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
 
 
 def require_hub(b: Build, needs: list[str], local_way: str) -> None:
@@ -177,14 +183,14 @@ def require_teacher(recipe: Recipe) -> None:
     cache = ResponseCache(recipe.resolve(t.cache))
     if t.offline or t.endpoint in ("recorded", "dataset") or (cache.path.is_file() and cache.path.stat().st_size):
         return
-    url = urlparse(t.url())
     local = "to run without a teacher, import responses into the cache or set teacher.offline=true"
     try:
         api_key(t)
-        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)), 5).close()
-    except (Medr1Error, OSError) as e:
-        why = str(e) if isinstance(e, Medr1Error) else f"{url.hostname} cannot be reached ({type(e).__name__})"
-        raise Medr1Error(f"recipe {recipe.name} asks the teacher {t.model} at {t.url()}, but {why}; {local}") from None
+        why = unreachable(t.url())
+    except Medr1Error as e:
+        why = str(e)
+    if why:
+        raise Medr1Error(f"recipe {recipe.name} asks the teacher {t.model} at {t.url()}, but {why}; {local}")
 
 
 def _distill(table: pa.Table, teacher: Any, b: Build) -> pa.Table:

@@ -189,13 +189,6 @@ def validate(recipe: SFTRecipe, where: str) -> None:
     d, t, lora = recipe.data, recipe.train, recipe.lora
     if not 0.0 <= d.eval_fraction < 1.0:
         raise ConfigError(f"{where}: data.eval_fraction must be in [0, 1), got {d.eval_fraction}")
-    if d.max_length < 16:
-        raise ConfigError(f"{where}: data.max_length must be at least 16, got {d.max_length}")
-    if not 0.0 <= d.min_quality <= 1.0:
-        raise ConfigError(f"{where}: data.min_quality must be in [0, 1], got {d.min_quality}")
-    for src, cap in d.max_per_source.items():
-        if cap < 1:
-            raise ConfigError(f"{where}: data.max_per_source.{src} must be at least 1, got {cap}")
     if "{" not in d.assistant_format:
         raise ConfigError(f"{where}: data.assistant_format has no {{field}}; e.g. {DEFAULT_ASSISTANT_FORMAT!r}")
     if d.messages is not None and d.assistant_format != DEFAULT_ASSISTANT_FORMAT:

@@ -233,12 +233,9 @@ def train(recipe: SFTRecipe, callbacks: list | None = None) -> Result:
 
     state = init_state(recipe)
     _log(f"processes: {state.num_processes} ({state.distributed_type.value}, device {state.device.type})")
-    tokenizer = load_tokenizer(recipe)
-    prepared = prepare(recipe.data, tokenizer, seed=recipe.train.seed)
-    _log("data: " + ", ".join(f"{k}={v}" for k, v in prepared.stats.items()))
     out = Path(recipe.train.output_dir)
     resume = last_checkpoint(recipe.train.output_dir) if recipe.train.resume else None
-    done = _finished(recipe, resume)
+    done = _finished(recipe, resume)  # before the data is prepared: a finished run needs none of it
     if done is not None:
         _log(f"{out} is finished (step {done['global_step']} of this recipe): nothing to train; recorded numbers kept")
         return Result(
@@ -248,9 +245,12 @@ def train(recipe: SFTRecipe, callbacks: list | None = None) -> Result:
             global_step=done["global_step"],
             resumed_from=resume,
             train_loss=done.get("train_loss"),
-            stats=prepared.stats,
+            stats=done.get("data_stats", {}),
             log_history=done.get("log_history", []),
         )
+    tokenizer = load_tokenizer(recipe)
+    prepared = prepare(recipe.data, tokenizer, seed=recipe.train.seed)
+    _log("data: " + ", ".join(f"{k}={v}" for k, v in prepared.stats.items()))
     trainer = build_trainer(recipe, prepared, tokenizer, callbacks)
     if resume:
         _log(f"resuming from {resume}")

@@ -43,9 +43,10 @@ def check_args(args: list[str]) -> None:
         if key.strip() in ("pretrained", "tokenizer", "peft") and (problem := missing_local_path(value.strip())):
             raise Medr1Error(f"--model_args {key.strip()}={problem}")
     tasks = [t.strip() for t in (_option(args, "--tasks") or "").split(",") if t.strip()]
-    if tasks:
+    ours_on_disk = all((task_dir() / f"{t}.yaml").is_file() for t in tasks)  # a full task scan costs seconds
+    if tasks and not ours_on_disk:
         extra = _option(args, "--include_path")
-        known = set(task_manager(include_path=[extra] if extra else None).all_tasks)
+        known = set(task_manager(include_path=[extra] if extra and extra != str(task_dir()) else None).all_tasks)
         unknown = [t for t in tasks if t not in known and not Path(t).exists()]
         if unknown:
             ours = sorted(t for t in known if t.startswith("medr1"))

@@ -129,7 +129,7 @@ class Vote(Reading):
     def __new__(cls, samples: Sequence[Reading]) -> Vote:
         counts = Counter(str(r) for r in samples if str(r) != INVALID)
         # The most frequent committed answer; a tie goes to the answer reached first. No answer does not vote.
-        label = max(counts, key=lambda lab: (counts[lab], -[str(r) for r in samples].index(lab)), default=None)
+        label = max(counts, key=counts.__getitem__, default=None)  # Counter keeps first-seen order; max the first
         obj = super().__new__(cls, label, samples[0].response if samples else "", "majority_vote")
         obj.samples = tuple(samples)
         return obj

@@ -43,15 +43,15 @@ def _wanted(jobs: list[Job], table: pa.Table) -> dict[str, list[Job]]:
 
 def _records(teacher: TeacherSettings, wanted: dict[str, list[Job]]) -> tuple[list[dict[str, Any]], str]:
     """The cache records of every job a dataset row answers, and the dataset's `ref@revision`."""
-    from medr1_data.audit import open_input
-    from medr1_data.layouts import detect_layout, map_rows
+    from medr1_data.batches import open_dataset
+    from medr1_data.layouts import map_rows, resolve_layout
 
     if not teacher.spec:
         raise Medr1Error("teacher endpoint 'dataset' needs teacher.spec (a Hub id, LAYOUT=PATH or a column mapping)")
-    layout, source, batches = open_input(teacher.spec, teacher.spec_split, 50_000)
+    layout, source, batches = open_dataset(teacher.spec, teacher.spec_split, 50_000)
     ref, seen, records, offset = source.describe(), dict.fromkeys(wanted, 0), [], 0
     for batch in batches:
-        layout = layout or detect_layout(batch.schema.names)
+        layout = resolve_layout(layout, batch.schema.names, source.describe())
         rows, _ = map_rows(batch, layout, teacher.spec_split, offset)
         offset += batch.num_rows
         cols = rows.select(["question", "options", "reasoning", "response", "teacher_model", "source_id"]).to_pydict()

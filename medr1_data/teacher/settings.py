@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from medr1_data import Medr1Error
-from medr1_data.config import Bounds
+from medr1_data.config import Bounds, check_limits
 from medr1_data.prompts import get_template
 from medr1_data.teacher.prices import Price, price_for
 
@@ -155,13 +155,7 @@ class TeacherSettings:
 
     def check(self) -> None:
         """Raise Medr1Error on settings that cannot work."""
-        if self.endpoint not in ENDPOINTS:
-            raise Medr1Error(f"teacher endpoint '{self.endpoint}': expected one of {', '.join(ENDPOINTS)}")
-        for name in ("samples", "concurrency", "max_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise Medr1Error(f"teacher {name} must be at least 1, got {getattr(self, name)}")
-        if self.max_retries < 0 or self.request_timeout <= 0:
-            raise Medr1Error("teacher max_retries must be >= 0 and request_timeout > 0")
+        check_limits(self, "teacher")  # the same BOUNDS/CHOICES a recipe's values are checked against
         if self.endpoints and self.base_url:
             raise Medr1Error("teacher: set either base_url or endpoints, not both")
         get_template(self.template)
