@@ -1,6 +1,7 @@
 """Decontamination out of sample: MedR1's method against an open-r1-style 8-gram check and an m1-style ratio check.
 
 Usage: python benchmarks/decontam.py [--rows 170000] [--contaminated 0.02] [--m1-sample 9000] [--data ../shared/data]
+                                    [--no-growth]
 
 One file of `--rows` training rows, checked against the four benchmark test sets in ../shared/data (medqa_us_test,
 medmcqa_val, pubmedqa_test, mmlu_medical_test: 7,045 items; HEAD-QA's test file is not in the shared data):
@@ -12,9 +13,12 @@ medmcqa_val, pubmedqa_test, mmlu_medical_test: 7,045 items; HEAD-QA's test file 
   half from the tuning negatives and half from the held-out ones.
 Everything is split into a tuning part (the kinds and negatives `DecontamSettings` was tuned on) and a held-out part
 (only reported): one table each, all columns: recall per disguise kind, the false-positive rate on the real and on
-the generated clean rows, and the recall on the real positives. Each method runs on the whole file in its own child
-process, so its wall time and peak RSS are its own. The m1-style check runs on a sample (`--m1-sample` rows: every
-kind equally, every real row, then generated clean rows), its time extrapolated linearly to all rows. A third table
+the generated clean rows, and the recall on the real positives. "MedR1 before" is the same method with the options
+rule as it was before the own-question bar (`BEFORE`: `min_option_evidence_alone` = `min_option_evidence`), same rows,
+same run. Under each table: the real negatives flagged (k of n, with the exact one-sided 95% upper bound of the rate)
+and which. Each method runs on the whole file in its own child process, so its wall time and peak RSS are its own.
+The m1-style check runs on a sample (`--m1-sample` rows: every kind equally, every real row, then generated clean
+rows), its time extrapolated linearly to all rows. A third table
 times MedR1's method on 20K, 85K and 170K rows and, for the growth with benchmark items, against a random quarter
 and half of each benchmark's items (all rows).
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import resource
 import subprocess
@@ -50,12 +55,13 @@ from tests.disguise import (  # noqa: E402
     recombine,
 )
 
-HELDOUT_POSITIVES = ("mmlu_pro_mmlu",)  # the other real positive sets are tuning ones
+HELDOUT_POSITIVES = ("mmlu_pro_mmlu", "medbullets_medqa")  # the other real positive sets are tuning ones
+BEFORE = {"min_option_evidence_alone": 3.0}  # the options rule before the own-question bar (3.0: min_option_evidence)
 REAL = ("real FP", "gen FP", "real pos")  # columns after the kinds: flagged share of real / generated clean, positives
 
 
 def make_rows(data: Path, rows: int, contaminated: float, seed: int, out: Path) -> None:
-    """Write the rows (with `_kind`, `_part`, `_bench`, `_item` truth columns) to a Parquet file."""
+    """Write the rows (with `_kind`, `_part`, `_bench`, `_item`, `_set` truth columns) to a Parquet file."""
     from medr1_data.schema import QUESTION_SCHEMA
 
     targets, negatives = load_sets(data / "benchmarks")
@@ -69,23 +75,24 @@ def make_rows(data: Path, rows: int, contaminated: float, seed: int, out: Path) 
     per_kind = max(1, round(rows * contaminated) // len(kinds))
     unrelated = [r["question"].split("Answer Choices:")[0].strip() for r in heldout_neg]
     dirty, truth = disguised_rows(targets, per_kind, seed, common, kinds, unrelated=unrelated, clean=tuning_neg)
-    marks = [(k, "tuning" if k in TUNING_KINDS else "heldout", b, i) for k, b, i in truth]
+    marks = [(k, "tuning" if k in TUNING_KINDS else "heldout", b, i, "") for k, b, i in truth]
     real: list[dict] = []
     for name, part in [*((n, "tuning") for n in TUNING_NEGATIVES), *((n, "heldout") for n in HELDOUT_NEGATIVES)]:
         real += neg[name]
-        marks += [("neg", part, "", "")] * len(neg[name])
+        marks += [("neg", part, "", "", name)] * len(neg[name])
     for name, got in pos.items():
         real += got
-        marks += [("pos", "heldout" if name in HELDOUT_POSITIVES else "tuning", "", "")] * len(got)
+        marks += [("pos", "heldout" if name in HELDOUT_POSITIVES else "tuning", "", "", name)] * len(got)
     n_clean = max(0, rows - len(dirty) - len(real))
     clean = recombine(tuning_neg, n_clean // 2, random.Random(seed), prefix="clean-t")
     clean += recombine(heldout_neg, n_clean - n_clean // 2, random.Random(seed + 2), prefix="clean-h")
-    marks += [("clean", "tuning", "", "")] * (n_clean // 2) + [("clean", "heldout", "", "")] * (n_clean - n_clean // 2)
+    marks += [("clean", "tuning", "", "", "")] * (n_clean // 2)
+    marks += [("clean", "heldout", "", "", "")] * (n_clean - n_clean // 2)
     all_rows = dirty + real + clean
     order = list(range(len(all_rows)))
     random.Random(seed + 1).shuffle(order)
     table = pa.Table.from_pylist([all_rows[i] for i in order], schema=QUESTION_SCHEMA)
-    for k, name in enumerate(("_kind", "_part", "_bench", "_item")):
+    for k, name in enumerate(("_kind", "_part", "_bench", "_item", "_set")):
         table = table.append_column(name, pa.array([marks[i][k] for i in order], pa.string()))
     pq.write_table(table, out)
 
@@ -159,10 +166,10 @@ def child(args: argparse.Namespace) -> None:
             (n, t.take(sorted(rng.sample(range(t.num_rows), round(t.num_rows * args.item_fraction)))))
             for n, t in benchmarks
         ]
-    rows, measured = table.num_rows, table
+    rows, measured, out = table.num_rows, table, None
     start = time.perf_counter()
-    if args.method == "medr1":
-        out, _ = decontaminate(table, benchmarks, DecontamSettings())
+    if args.method in ("medr1", "before"):
+        out, _ = decontaminate(table, benchmarks, DecontamSettings(**(BEFORE if args.method == "before" else {})))
         flagged = out.column("contaminated").to_pylist()
     elif args.method == "openr1":
         flagged = openr1_flags(table, benchmarks)
@@ -180,8 +187,34 @@ def child(args: argparse.Namespace) -> None:
         "wall_s": wall,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "scores": scores(measured, flagged),
+        "real_fp": real_fp(out if out is not None else measured, flagged),
     }
     print(json.dumps(result))
+
+
+def real_fp(table: pa.Table, flagged: list[bool]) -> list[list[str]]:
+    """The real negatives flagged: part, set, id and (MedR1's columns, when there) the item and rule that fired."""
+    cols = ["_part", "_set", "source_id", "contam_benchmark", "contam_item_id", "contam_rule"]
+    got = table.select([c for c in cols if c in table.column_names]).to_pylist()
+    kinds = table.column("_kind").to_pylist()
+    return [[str(v) for v in g.values()] for g, k, f in zip(got, kinds, flagged, strict=True) if f and k == "neg"]
+
+
+def upper95(k: int, n: int) -> float:
+    """Exact (Clopper-Pearson) one-sided 95% upper bound of a rate seen k times in n (bisection on the binomial CDF)."""
+    if n == 0 or k >= n:
+        return 1.0
+
+    def cdf(p: float) -> float:  # from log terms: binomial coefficients overflow floats
+        lp, lq, ln = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+        terms = (ln - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k + 1))
+        return sum(math.exp(t) for t in terms)
+
+    lo, hi = k / n, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > 0.05 else (lo, mid)
+    return hi
 
 
 def run_child(args: argparse.Namespace, file: Path, method: str, limit: int = 0, item_fraction: float = 1.0) -> dict:
@@ -195,6 +228,7 @@ def run_child(args: argparse.Namespace, file: Path, method: str, limit: int = 0,
 
 LABELS = {
     "medr1": "MedR1 (views + confirmation)",
+    "before": "MedR1 before (previous options rule)",
     "openr1": "open-r1 any word 8-gram",
     "m1": "m1 rapidfuzz ratio>=95 (sample, extrap.)",
 }
@@ -226,6 +260,12 @@ def print_part(results: list[dict], part: str, kinds: tuple[str, ...], title: st
         print(line + " " + " ".join(f"{got.get(c, float('nan')):>9.5f}" for c in REAL))
     counts = ", ".join(f"{c} {sizes.get(f'n {c}', 0):,}" for c in REAL)
     print(f"(MedR1 and open-r1 rows per column: each kind {sizes.get(f'n {kinds[0]}', 0)}, {counts})")
+    n = int(sizes.get("n real FP", 0))
+    for r in results:
+        fps = [f for f in r["real_fp"] if f[0] == part]
+        k = len(fps)  # every real row is checked, by m1 too (its sample keeps them all)
+        shown = "; ".join(" ".join(f[1:]) for f in fps[:6]) + (" ..." if len(fps) > 6 else "")
+        print(f"  real FP {LABELS[r['method']]}: {k} of {n:,} (95% upper bound {upper95(k, n):.3%}) {shown}")
     print()
 
 
@@ -237,7 +277,7 @@ def main() -> None:
     p.add_argument("--m1-sample", type=int, default=9000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    p.add_argument("--child", choices=["medr1", "openr1", "m1"], dest="method")
+    p.add_argument("--child", choices=list(LABELS), dest="method")
     p.add_argument("--file", type=Path)
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--item-fraction", type=float, default=1.0)
@@ -251,7 +291,7 @@ def main() -> None:
         t0 = time.perf_counter()
         make_rows(args.data, args.rows, args.contaminated, args.seed, file)
         print(f"generated {args.rows} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        results = [run_child(args, file, m) for m in ("medr1", "openr1", "m1")]
+        results = [run_child(args, file, m) for m in LABELS]
         growth = []
         if not args.no_growth:
             growth = [run_child(args, file, "medr1", limit=n) for n in (20_000, 85_000) if n < args.rows]
@@ -262,7 +302,7 @@ def main() -> None:
     print()
     print_part(results, "tuning", TUNING_KINDS, "Tuning part (DecontamSettings was tuned on these)")
     print_part(results, "heldout", HELDOUT_KINDS, "Held-out part (only reported)")
-    m1 = results[2]
+    m1 = results[-1]
     print(f"(m1: {m1['checked']} rows checked, wall time extrapolated x{m1['rows'] / m1['checked']:.0f})")
     if growth:
         print()

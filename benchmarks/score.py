@@ -1,25 +1,38 @@
-"""Verify + score throughput on ~170K real-length traces, beside a per-row Python baseline in the same run.
+"""Verify + score throughput on ~170K real-length traces, in-process and through the CLI, beside baselines in one run.
 
-Usage: python benchmarks/score.py [--copies 200] [--data ../shared/data]
-The rows are the 862 real DeepSeek-R1 completions in ../shared/data/traces, repeated (mean reasoning ~6.5K chars).
-Baseline: the m1-style check, a Python loop that reads the last \\boxed{} / "answer is X" of each completion.
+Usage: python benchmarks/score.py [--copies 200] [--data ../shared/data] [--against 5cc7d70] [--no-m1]
+The rows are the 862 real DeepSeek-R1 completions in ../shared/data/traces, repeated (mean reasoning ~6.9K chars).
+Baselines in the same run: the m1-style check (a Python loop reading the last \\boxed{} / "answer is X" of each
+completion); the library at git revision --against (in-process, and its CLI, whose verbs read and write whole
+tables), whose outputs must equal this checkout's; and the I/O floor (read the input and write it back with the
+verbs' writer settings, nothing computed).
+CLI: `medr1-data verify IN --out V` then `medr1-data score V --out S`, two processes, as a user runs them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+import types
+from io import BytesIO
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from medr1_data.score import score
-from medr1_data.verify import verify
-from tests.real_traces import load_real_traces
+from medr1_data.parts import COMPRESSION  # noqa: E402
+from medr1_data.score import score  # noqa: E402
+from medr1_data.verify import verify  # noqa: E402
+from tests.real_traces import load_real_traces  # noqa: E402
 
 LAST_ANSWER = re.compile(r"\\boxed\{([A-J])\}|answer is \(?([A-J])\b|^\s*([A-J])\s*$", re.MULTILINE)
 
@@ -35,36 +48,106 @@ def baseline(table: pa.Table) -> int:
     return correct
 
 
+def old_tree(rev: str, into: Path) -> Path | None:
+    """`medr1_data/` as of `rev`, unpacked under `into` (git archive; the checkout is not touched)."""
+    try:
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "medr1_data"], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    with tarfile.open(fileobj=BytesIO(tar.stdout)) as archive:
+        archive.extractall(into, filter="data")
+    return into
+
+
+def old_modules(tree: Path) -> tuple[types.ModuleType, types.ModuleType]:
+    """verify and score of the old tree as throwaway modules, bound to the old answers module."""
+
+    def load(name: str) -> types.ModuleType:
+        module = types.ModuleType(f"old_{name}")
+        sys.modules[module.__name__] = module  # dataclasses look their module up
+        exec(compile((tree / "medr1_data" / f"{name}.py").read_text(), module.__name__, "exec"), module.__dict__)
+        return module
+
+    answers, saved = load("answers"), sys.modules["medr1_data.answers"]
+    sys.modules["medr1_data.answers"] = answers
+    try:
+        return load("verify"), load("score")
+    finally:
+        sys.modules["medr1_data.answers"] = saved
+
+
+def timed(fn: object, *args: object) -> tuple[float, object]:
+    """(seconds, result) of one call."""
+    t0 = time.perf_counter()
+    out = fn(*args)  # type: ignore[operator]
+    return time.perf_counter() - t0, out
+
+
+def cli(folder: Path, pythonpath: Path | None) -> float:
+    """Seconds for verify then score through the CLI, as two processes."""
+    env = {**os.environ, "PYTHONPATH": str(pythonpath or ROOT)}
+    t0 = time.perf_counter()
+    for verb, src, dst in (("verify", "in.parquet", "v.parquet"), ("score", "v.parquet", "s.parquet")):
+        cmd = [sys.executable, "-m", "medr1_data.cli", verb, str(folder / src), "--out", str(folder / dst)]
+        subprocess.run(cmd, check=True, env=env, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def same(a: pa.Table, b: pa.Table) -> bool:
+    """Equal column names and values (types compared as values: the old verbs wrote large strings)."""
+    return a.column_names == b.column_names and all(
+        a.column(c).to_pylist() == b.column(c).to_pylist() if c in ("quality",) else a.column(c).equals(b.column(c))
+        for c in a.column_names
+    )
+
+
 def main() -> None:
-    """Print rows/s for the baseline, verify, score and verify+score."""
+    """Print seconds and rows/s of each way, with the baselines, and whether the outputs are identical."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--copies", type=int, default=200)
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--against", default="5cc7d70", help="git revision of the baseline library (%(default)s)")
+    p.add_argument("--no-m1", action="store_true", help="leave out the m1 regex baseline (about 40 s)")
     args = p.parse_args()
     real = load_real_traces(args.data / "traces")
     table = pa.concat_tables([real] * args.copies).combine_chunks()
     n = table.num_rows
     mean_chars = sum(len(r or "") for r in real.column("reasoning").to_pylist()) / real.num_rows
-
-    t0 = time.perf_counter()
-    baseline(table)
-    t_base = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    verified = verify(table)
-    t_verify = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    score(verified)
-    t_score = time.perf_counter() - t0
-
-    print(f"{n:,} traces, mean reasoning {mean_chars:,.0f} characters\n")
-    print(f"{'step':42} {'seconds':>8} {'rows/s':>10} {'vs baseline':>12}")
-    for name, secs in [
-        ("baseline: last-match regex per row (m1)", t_base),
-        ("medr1 verify (answer extraction)", t_verify),
-        ("medr1 score (quality signals)", t_score),
-        ("medr1 verify + score", t_verify + t_score),
-    ]:
-        print(f"{name:42} {secs:>8.2f} {n / secs:>10,.0f} {secs / t_base:>11.2f}x")
+    rows: list[tuple[str, float]] = []
+    if not args.no_m1:
+        rows.append(("baseline: last-match regex per row (m1)", timed(baseline, table)[0]))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        tree = old_tree(args.against, folder / "old")
+        t_v, verified = timed(verify, table)
+        t_s, scored = timed(score, verified)
+        rows += [("medr1 verify (in-process)", t_v), ("medr1 score (in-process)", t_s)]
+        rows.append(("medr1 verify + score (in-process)", t_v + t_s))
+        identical = {}
+        if tree:
+            old_v, old_s = old_modules(tree)
+            t_ov, old_verified = timed(old_v.verify, table)
+            t_os, old_scored = timed(old_s.score, old_verified)
+            rows.append((f"  baseline @ {args.against} (in-process)", t_ov + t_os))
+            identical["in-process"] = old_scored.equals(scored)  # type: ignore[union-attr]
+        pq.write_table(table, folder / "in.parquet", row_group_size=8192, **COMPRESSION)
+        del verified
+        rows.append(("medr1 verify + score (CLI, 2 processes)", cli(folder, None)))
+        new_cli = pq.read_table(folder / "s.parquet")
+        identical["CLI vs in-process"] = same(new_cli, scored)  # type: ignore[arg-type]
+        if tree:
+            rows.append((f"  baseline @ {args.against} (CLI)", cli(folder, tree)))
+            identical["CLI vs baseline CLI"] = same(new_cli, pq.read_table(folder / "s.parquet"))
+        t0 = time.perf_counter()
+        for _ in range(2):  # the two verbs each read their input and write their output
+            pq.write_table(pq.read_table(folder / "in.parquet"), folder / "floor.parquet", **COMPRESSION)
+        rows.append(("  I/O floor: read + write twice, no compute", time.perf_counter() - t0))
+    print(f"{n:,} traces, mean reasoning {mean_chars:,.0f} characters; load average {os.getloadavg()[0]:.1f}\n")
+    print(f"{'step':46} {'seconds':>8} {'rows/s':>10}")
+    for name, secs in rows:
+        print(f"{name:46} {secs:>8.2f} {n / secs:>10,.0f}")
+    for what, ok in identical.items():
+        print(f"outputs identical ({what}): {'yes' if ok else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -165,8 +165,17 @@ class Extraction(NamedTuple):
     where: str
 
 
+PUNCT_RUN = re.compile(r"[\s*_`.,:;!?()\[\]\"']+")
+WORD_RUN = re.compile(r"[^\s*_`.,:;!?()\[\]\"']+")
+NOT_NEWLINE = re.compile(r"[^\n]")
+SPACE_RUN = re.compile(r"\s+")
+LEAD_END = re.compile(r"(?:^|\s)(?:the|a|an|[a-j][.)])$")
+CONTENT_LABEL = re.compile(r"[\s*_(\[]*(?i:option\s*)?(?P<x>[A-Za-z])(?![A-Za-z0-9-])")
+CJK_STARTS = frozenset("正答选故因应")  # the first characters of every `cjk_answer` start
+
+
 def _norm(text: str) -> str:
-    return re.sub(r"[\s*_`.,:;!?()\[\]\"']+", " ", text).strip().lower()
+    return PUNCT_RUN.sub(" ", text).strip().lower()
 
 
 def final_part(text: str) -> str:
@@ -234,7 +243,7 @@ class _Context:
             if len({label for _, label in run}) >= LIST_MIN_OPTIONS:
                 for i, _ in run:
                     self.list_lines.append(lines[i].rstrip("\r\n"))
-                    masked[i] = re.sub(r"[^\n]", " ", lines[i])
+                    masked[i] = NOT_NEWLINE.sub(" ", lines[i])
         return "".join(masked)
 
     def option_at(self, text: str, pos: int) -> tuple[str | None, int]:
@@ -256,7 +265,7 @@ class _Context:
 def _raw_len(text: str, pos: int, normalized: str) -> int:
     """How many characters of `text` from `pos` normalise to `normalized` (an option text found there)."""
     words = normalized.split()
-    for n, m in enumerate(re.finditer(r"[^\s*_`.,:;!?()\[\]\"']+", text[pos:]), 1):
+    for n, m in enumerate(WORD_RUN.finditer(text[pos:]), 1):
         if n == len(words):
             return m.end()
     return len(text) - pos
@@ -321,7 +330,7 @@ def _statements(ctx: _Context, text: str, heads: Sequence[Head] = HEADS) -> Extr
     best: tuple[int, str, str] | None = None
     low = _lower(text)
     for head in heads:
-        if head.rule == "cjk_answer" and text.isascii():
+        if head.rule == "cjk_answer" and (text.isascii() or CJK_STARTS.isdisjoint(low)):
             continue
         for m in _search(head.pattern, head.starts, low):
             label = _target(ctx, text, m.end(), bool(m.groupdict().get("colon")), head.allow_text)
@@ -347,11 +356,11 @@ def _before(ctx: _Context, text: str, end: int) -> str | None:
     seg = text[max(0, end - TARGET_CHARS) : end].rstrip()
     if (m := PAREN_LABEL_END.search(seg) or LABEL_BEFORE.search(seg)) and m["x"] in ctx.labels:
         return m["x"]
-    tail = re.sub(r"\s+", " ", seg.rsplit("\n", 1)[-1]).rstrip("*_ ").lower()
+    tail = SPACE_RUN.sub(" ", seg.rsplit("\n", 1)[-1]).rstrip("*_ ").lower()
     for lab, t in ctx.texts:
         if tail.endswith(t):
             lead = tail[: -len(t)].rstrip(" *_")
-            if not lead or lead[-1] in ".!?:#>" or re.search(r"(?:^|\s)(?:the|a|an|[a-j][.)])$", lead):
+            if not lead or lead[-1] in ".!?:#>" or LEAD_END.search(lead):
                 return lab
     return None
 
@@ -370,7 +379,7 @@ def _explicit(ctx: _Context, text: str) -> Extraction | None:
 def _content(ctx: _Context, raw: str) -> str | None:
     """What a tag or box holds: a label (any case), a word answer or an option's text; HEDGE for "B or C"."""
     s = LATEX.sub(r"\1", LATEX.sub(r"\1", raw)).replace("$", "").strip()  # \text{\textbf{C}} too
-    m = re.match(r"[\s*_(\[]*(?i:option\s*)?(?P<x>[A-Za-z])(?![A-Za-z0-9-])", s)
+    m = CONTENT_LABEL.match(s)
     if m and m["x"].upper() in ctx.labels:
         label = m["x"].upper()
         h = HEDGE_TAIL.match(s, m.end())

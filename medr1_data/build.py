@@ -21,11 +21,12 @@ import pyarrow as pa
 
 from medr1_data import Medr1Error, __version__
 from medr1_data.checkpoints import Checkpoints, decode_stats, encode_stats, fingerprint, stage_key
+from medr1_data.parts import Parts
 from medr1_data.progress import BuildProgress, PeakRSS, release_memory
 from medr1_data.recipe import Recipe
 from medr1_data.select import drop_counts
 from medr1_data.shards import sha256_file
-from medr1_data.stages import STAGES, Build, require_teacher
+from medr1_data.stages import BATCH_ROWS, STAGES, Build, require_teacher
 
 REPORT = "build_report.json"
 
@@ -80,8 +81,11 @@ def stage_settings(name: str, r: Recipe, out: Path) -> Any:
     return {"recipe_sha256": r.sha256, "out": str(Path(out).resolve())}
 
 
-def _drop_counts(table: pa.Table | None) -> dict[str, int]:
-    return drop_counts(table) if table is not None and "drop_reason" in table.column_names else {}
+def _drop_counts(table: Parts | None) -> dict[str, int]:
+    """Dropped rows per reason of a stage's table (read a column at a time)."""
+    if table is None or not table.has("drop_reason"):
+        return {}
+    return drop_counts(table.read(["drop_reason"]))
 
 
 def _files(*folders: Path) -> dict[Path, tuple[int, int]]:
@@ -95,8 +99,8 @@ def _files(*folders: Path) -> dict[Path, tuple[int, int]]:
     return found
 
 
-def _run_stage(name: str, table: pa.Table | None, b: Build) -> tuple[pa.Table, dict[str, Any], dict[str, str]]:
-    """Run one stage, measuring it: (output table, report entry, the build numbers it added or changed)."""
+def _run_stage(name: str, table: Parts | None, b: Build) -> tuple[Parts | None, dict[str, Any], dict[str, str]]:
+    """Run one stage, measuring it: (output table or None if unchanged, report entry, the numbers it changed)."""
     stats_before = encode_stats({k: v for k, v in b.stats.items() if k != "build_report"})
     files_before = _files(b.out, b.build_dir)
     drops_before = _drop_counts(table)
@@ -111,7 +115,8 @@ def _run_stage(name: str, table: pa.Table | None, b: Build) -> tuple[pa.Table, d
     seconds = time.perf_counter() - start
     stats_after = encode_stats({k: v for k, v in b.stats.items() if k != "build_report"})
     added = {k: v for k, v in stats_after.items() if stats_before.get(k) != v}
-    rows_out = out.num_rows
+    result = out if out is not None else table
+    rows_out = result.num_rows if result is not None else 0
     if name == "ingest":
         rows_in = sum(s["rows_read"] for s in b.stats.get("sources", []))
         dropped = dict(b.stats.get("reject_reasons", {}))
@@ -120,7 +125,7 @@ def _run_stage(name: str, table: pa.Table | None, b: Build) -> tuple[pa.Table, d
         flagged = sum(drops_before.values())  # the shards stage adds no drop reason of its own
         dropped = {"flagged by an earlier stage": flagged} if flagged else {}
     else:
-        after = _drop_counts(out)
+        after = _drop_counts(result)
         dropped = {k: n - drops_before.get(k, 0) for k, n in sorted(after.items()) if n > drops_before.get(k, 0)}
     entry = {
         "stage": name,
@@ -128,12 +133,13 @@ def _run_stage(name: str, table: pa.Table | None, b: Build) -> tuple[pa.Table, d
         "rows_out": rows_out,
         "dropped": dropped,
         "seconds": round(seconds, 3),
-        "peak_rss_mb": 0.0,  # set by the caller: the stage's window includes loading its input and its checkpoint
+        "peak_rss_mb": 0.0,  # set by the caller
         "cached": False,
     }
-    if name == "distill" and "completion_tokens" in out.column_names:
-        entry["completion_tokens"] = int(pa.compute.sum(out.column("completion_tokens")).as_py() or 0)
-        entry["cost_usd"] = round(float(pa.compute.sum(out.column("cost_usd")).as_py() or 0.0), 4)
+    if name == "distill" and result is not None and result.has("completion_tokens"):
+        sums = result.read(["completion_tokens", "cost_usd"])
+        entry["completion_tokens"] = int(pa.compute.sum(sums.column("completion_tokens")).as_py() or 0)
+        entry["cost_usd"] = round(float(pa.compute.sum(sums.column("cost_usd")).as_py() or 0.0), 4)
     known = {str(b.out / f["path"]): f["sha256"] for f in b.stats.get("files", [])}  # hashed by write_shards
     changed = [p for p, sig in _files(b.out, b.build_dir).items() if files_before.get(p) != sig]
     outputs = {str(p): known.get(str(p)) or sha256_file(p) for p in changed}
@@ -159,7 +165,7 @@ def _window(recipe: Recipe, from_stage: str | None, until_stage: str | None) -> 
     return first, last
 
 
-def _start(recipe: Recipe, out: Path, quiet: bool, stages: list[str]) -> Build:
+def _start(recipe: Recipe, out: Path, quiet: bool, stages: list[str], batch_rows: int) -> Build:
     """The Build of a new run: its folders made, its progress display set up from the previous report's times."""
     build_dir = out.with_name(out.name + ".build")
     out.mkdir(parents=True, exist_ok=True)
@@ -168,7 +174,7 @@ def _start(recipe: Recipe, out: Path, quiet: bool, stages: list[str]) -> Build:
         previous = json.loads((build_dir / REPORT).read_text(encoding="utf-8")).get("stages")
     except (OSError, ValueError, AttributeError):
         previous = None
-    b = Build(recipe, out, build_dir, quiet)
+    b = Build(recipe, out, build_dir, quiet, batch_rows=batch_rows)
     b.progress = BuildProgress(stages, quiet=quiet, previous=previous)
     b.stats["build_report"] = b.report
     return b
@@ -194,23 +200,17 @@ def _serve(meta: dict[str, Any], b: Build) -> None:
 
 
 def _compute(
-    name: str, key: str, table: pa.Table | None, source: dict[str, Any] | None, checkpoints: Checkpoints, b: Build
-) -> tuple[pa.Table, dict[str, Any] | None, dict[str, Any]]:
-    """Run one stage on its input (read from `source`'s checkpoint if not in memory) and commit its checkpoint."""
+    name: str, key: str, table: Parts | None, checkpoints: Checkpoints, b: Build
+) -> tuple[Parts | None, dict[str, Any]]:
+    """Run one stage on its input table (parts on disk) and commit its checkpoint."""
     peak = PeakRSS()
     peak.start()
-    t0 = time.perf_counter()
-    if table is None and source is not None:
-        table = checkpoints.table(source)
-    loaded = time.perf_counter() - t0
+    b.checkpoints, b.stage = checkpoints, name
     result, entry, meta = _run_stage(name, table, b)
-    t1 = time.perf_counter()
-    written = checkpoints.write_table(name, None if result is table else result, table, source)
-    entry["checkpoint_seconds"] = round(loaded + time.perf_counter() - t1, 3)
     entry["peak_rss_mb"] = peak.stop()
-    entry["start_rss_mb"] = peak.start_mb  # resident when the stage began (before loading its input)
-    saved = checkpoints.save(name, key, written, {"report": entry, **meta})
-    return result, saved if saved["table"] else source, entry
+    entry["start_rss_mb"] = peak.start_mb  # resident when the stage began
+    checkpoints.save(name, key, result, {"report": entry, **meta})
+    return result if result is not None else table, entry
 
 
 def _record(entry: dict[str, Any], b: Build) -> None:
@@ -248,18 +248,22 @@ def run(
     *,
     from_stage: str | None = None,
     until_stage: str | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> Build:
     """Run the recipe's stages in order, serving each from its checkpoint while it is valid; write the release to
     `out` and `build_report.json` to the build folder beside it.
 
     `from_stage`: rerun from this stage on (the stages before it must have valid checkpoints). `until_stage`: stop
-    after this stage (the release is complete only when the last stage ran).
+    after this stage (the release is complete only when the last stage ran). `batch_rows`: traces per part of
+    the trace stages (memory holds about one part; the release does not depend on it).
     """
+    if batch_rows < 1:
+        raise Medr1Error(f"--batch-rows {batch_rows}: expected a whole number >= 1")
     out = Path(out or recipe.output.dir)
     first, last = _window(recipe, from_stage, until_stage)
     created = [p for p in (out, out.with_name(out.name + ".build")) if not p.exists()]
     try:
-        return _run(recipe, out, quiet, first, last, from_stage)
+        return _run(recipe, out, quiet, first, last, from_stage, batch_rows)
     except BaseException:
         for folder in created:  # a failed build leaves no empty folder behind; checkpoints are kept for a rerun
             if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
@@ -267,7 +271,9 @@ def run(
         raise
 
 
-def _run(recipe: Recipe, out: Path, quiet: bool, first: int | None, last: int, from_stage: str | None) -> Build:
+def _run(
+    recipe: Recipe, out: Path, quiet: bool, first: int | None, last: int, from_stage: str | None, batch_rows: int
+) -> Build:
     """`run` once its arguments are checked."""
     stages = list(recipe.stages)
     started = time.perf_counter()
@@ -275,9 +281,8 @@ def _run(recipe: Recipe, out: Path, quiet: bool, first: int | None, last: int, f
     checkpoints = Checkpoints(out.with_name(out.name + ".build"), stages)
     if "distill" in stages[: last + 1] and checkpoints.meta("distill", keys[stages.index("distill")]) is None:
         require_teacher(recipe)
-    b = _start(recipe, out, quiet, stages[: last + 1])
-    table: pa.Table | None = None
-    source: dict[str, Any] | None = None  # the checkpoint whose table is the next stage's input
+    b = _start(recipe, out, quiet, stages[: last + 1], batch_rows)
+    table: Parts | None = None  # the next stage's input
     running = False
     for i, name in enumerate(stages[: last + 1]):
         meta = None if running or (first is not None and i >= first) else checkpoints.meta(name, keys[i])
@@ -285,8 +290,8 @@ def _run(recipe: Recipe, out: Path, quiet: bool, first: int | None, last: int, f
             b.log(f"checkpoint of {name} is damaged ({checkpoints.damaged[name]} changed): running the stage again")
         if meta is not None:
             _serve(meta, b)
-            if meta["table"]:
-                source, table = meta, None
+            if meta.get("parts"):
+                table = checkpoints.parts(meta)
             continue
         if first is not None and i < first:
             raise Medr1Error(
@@ -294,8 +299,8 @@ def _run(recipe: Recipe, out: Path, quiet: bool, first: int | None, last: int, f
                 "or input files changed); run the build without --from"
             )
         running = True
-        table, source, entry = _compute(name, keys[i], table, source, checkpoints, b)
-        release_memory()  # the input table is gone now: the next stage's peak starts from what is live
+        table, entry = _compute(name, keys[i], table, checkpoints, b)
+        release_memory()  # the next stage's peak starts from what is live
         _record(entry, b)
     _write_report(b, last == len(stages) - 1, time.perf_counter() - started)
     return b

@@ -62,21 +62,35 @@ def _nice_ceiling(x: float) -> int:
     return int(next(m * k for m in (1, 2, 2.5, 5, 10) if m * k >= x))
 
 
+def text_lengths(table: pa.Table) -> pa.Table:
+    """The columns `length_stats` reads, each text column as its length in characters: a small table that a
+    streamed release gathers part by part and gives to `length_stats` instead of the text."""
+    names = ("reasoning", "response", "question", "completion_tokens", "source")
+    lengths = {n: table.column(n) for n in names if n in table.column_names}
+    for n in ("reasoning", "response", "question"):
+        if n in lengths:
+            lengths[n] = pc.utf8_length(lengths[n])
+    return pa.table(lengths)
+
+
 def length_stats(table: pa.Table, bins: int = 20, mask: pa.Array | None = None) -> dict[str, Any]:
     """Length distributions of the release rows (characters and completion tokens) and a histogram of reasoning.
 
     `mask` (one bool per row) picks the release rows. Lengths are computed on the text columns as they are and only
-    the lengths are filtered: no text is copied.
+    the lengths are filtered: no text is copied. A text column may already hold lengths (`text_lengths`).
     """
 
     def rows(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
         return values if mask is None else values.filter(mask)
 
+    def chars(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+        return values if pa.types.is_integer(values.type) else pc.utf8_length(values)  # lengths already counted
+
     stats: dict[str, Any] = {}
     columns = {
-        "reasoning_chars": ("reasoning", pc.utf8_length),
-        "response_chars": ("response", pc.utf8_length),
-        "question_chars": ("question", pc.utf8_length),
+        "reasoning_chars": ("reasoning", chars),
+        "response_chars": ("response", chars),
+        "question_chars": ("question", chars),
         "completion_tokens": ("completion_tokens", None),
     }
     for key, (col, fn) in columns.items():
@@ -87,7 +101,7 @@ def length_stats(table: pa.Table, bins: int = 20, mask: pa.Array | None = None) 
                 stats[key] = dist
     if "reasoning" not in table.column_names:
         return stats
-    reasoning = rows(pc.utf8_length(table.column("reasoning")))
+    reasoning = rows(chars(table.column("reasoning")))
     if "reasoning_chars" in stats:
         lengths = reasoning.drop_null()
         top = _nice_ceiling(pc.quantile(lengths, q=0.99, interpolation="higher").to_pylist()[0] or 1)

@@ -79,12 +79,16 @@ def _write(table: object, path: Path) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
+    from medr1_data.streaming import stream_table
     from medr1_data.verify import verify
 
-    table = verify(_read(args.input, _contract("TRACES")))
-    _write(table, args.out)
-    counts = table.group_by("verify_reason").aggregate([("verify_reason", "count")]).to_pylist()
-    print(_table([(c["verify_reason"], c["verify_reason_count"]) for c in counts], ["verify_reason", "rows"]))
+    counts: dict[str, int] = {}
+    for table in stream_table(args.input, args.out, _contract("TRACES"), verify, args.batch_rows):
+        for c in pc.value_counts(table.column("verify_reason")).to_pylist():
+            counts[c["values"]] = counts.get(c["values"], 0) + c["counts"]
+    print(_table(list(counts.items()), ["verify_reason", "rows"]))
     return 0
 
 
@@ -92,15 +96,20 @@ def cmd_score(args: argparse.Namespace) -> int:
     import polars as pl
 
     from medr1_data.score import ScoreSettings, score
+    from medr1_data.streaming import stream_table
 
-    table = score(_read(args.input, _contract("VERIFIED")), _settings(args.set, ScoreSettings))
-    _write(table, args.out)
-    df = pl.from_arrow(table.select(["quality", "quality_score"]))
-    flags = df.select(pl.col("quality").struct.field("flags").explode().drop_nulls().value_counts(sort=True))
-    rows = [(r["flags"]["flags"], r["flags"]["count"]) for r in flags.to_dicts()]
-    print(_table(rows or [("(none)", 0)], ["flag", "traces"]))
-    mean = df["quality_score"].mean()
-    print(f"mean quality_score {mean:.3f} over {df.height} traces" if df.height else "no traces")
+    settings = _settings(args.set, ScoreSettings)
+    flags: dict[str, int] = {}
+    total, rows = 0.0, 0
+    scored = stream_table(args.input, args.out, _contract("VERIFIED"), lambda t: score(t, settings), args.batch_rows)
+    for table in scored:
+        df = pl.from_arrow(table.select(["quality", "quality_score"]))
+        for r in df.select(pl.col("quality").struct.field("flags").explode().drop_nulls().value_counts()).to_dicts():
+            flags[r["flags"]["flags"]] = flags.get(r["flags"]["flags"], 0) + r["flags"]["count"]
+        total, rows = total + float(df["quality_score"].sum()), rows + df.height
+    ranked = sorted(flags.items(), key=lambda kv: -kv[1])
+    print(_table(ranked or [("(none)", 0)], ["flag", "traces"]))
+    print(f"mean quality_score {total / rows:.3f} over {rows} traces" if rows else "no traces")
     return 0
 
 
@@ -199,7 +208,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     from medr1_data.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
-    b = run(recipe, args.out, quiet=args.quiet, from_stage=args.from_stage, until_stage=args.until_stage)
+    b = run(
+        recipe,
+        args.out,
+        quiet=args.quiet,
+        from_stage=args.from_stage,
+        until_stage=args.until_stage,
+        batch_rows=args.batch_rows,
+    )
     print(_table(summary_rows(b), ["", "rows"]))
     done = [s["stage"] for s in b.report]
     if done != list(recipe.stages):
@@ -284,9 +300,13 @@ def _add_ingest(sub: Sub) -> None:
 
 def _add_trace_verbs(sub: Sub) -> None:
     verify_help = "add pred_label, is_correct, verify_reason to a table of traces"
-    _table_verb(sub, "verify", cmd_verify, verify_help, "Parquet file of traces (distill output, a release's shards)")
+    s = _table_verb(
+        sub, "verify", cmd_verify, verify_help, "Parquet file of traces (distill output, a release's shards)"
+    )
+    s.add_argument("--batch-rows", type=int, help="rows held in memory at a time (default: streaming.STREAM_ROWS)")
     score_help, set_help = "add the quality struct and quality_score to verified traces", "override a score threshold"
-    _table_verb(sub, "score", cmd_score, score_help, "Parquet file of verified traces", set_help=set_help)
+    s = _table_verb(sub, "score", cmd_score, score_help, "Parquet file of verified traces", set_help=set_help)
+    s.add_argument("--batch-rows", type=int, help="rows held in memory at a time (default: streaming.STREAM_ROWS)")
 
 
 def _add_question_verbs(sub: Sub) -> None:
@@ -329,6 +349,13 @@ def _add_build(sub: Sub) -> None:
         help="rerun from this stage on, although its checkpoint is valid (the stages before it must have one)",
     )
     s.add_argument("--until", dest="until_stage", metavar="STAGE", help="stop after this stage")
+    s.add_argument(
+        "--batch-rows",
+        type=int,
+        default=32_768,
+        metavar="N",
+        help="traces per part of the trace stages (memory holds about one part; the release does not depend on it)",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_build)
 

@@ -12,7 +12,10 @@ case, punctuation and number formatting are normalised.
    option texts matched exactly or by rapidfuzz ratio (one to one), option-set coverage and Jaccard, the answer text,
    and context containment. The first rule of `RULES` that holds names the flag; `contam_score` is its similarity.
    A distinctive stem (`stem_distinctive`: enough words and IDF mass) flags whatever the options; an option set
-   shared by more than `optset_max_df` items (yes/no/maybe) is no option evidence either way.
+   shared by more than `optset_max_df` items (yes/no/maybe) is no option evidence either way. A row that asks a
+   question of its own (its stem shares little with the item's and carries `option_own_info` of its own) is flagged
+   on the options alone only when they are more distinctive than a generic set (`min_option_evidence_alone`):
+   different questions share the four lobes, teeth, muscles or stages as options.
 
 `contam_item_id` is the item's natural id (`item_ids`): MedQA's 0-based line in the official file, MMLU's
 `<subject>/<row>`, MedMCQA's `id`, PubMedQA's PMID. Items with the same canonical text tie; the lowest id wins, and
@@ -56,7 +59,8 @@ RULES = {
     "stem_exact": "canonical stem equal to the item's (informative stem; options, if both have them, do not conflict)",
     "stem_distinctive": "canonical stem equal to the item's distinctive stem (enough words and IDF mass), any options",
     "context": "the item's context (abstract) is contained in the row's",
-    "options": "the item's option set and answer text (exact or fuzzy), with enough option or stem evidence",
+    "options": "the item's option set and answer text (exact or fuzzy), with enough option or stem evidence (more "
+    "option evidence when the row asks a question of its own)",
     "stem_near": "most of the item's stem weight is in the row and most of the row's is in the item (reworded)",
     "item_in_row": "the item's stem is contained in the row's stem (prompt wrappers, added sentences)",
     "row_in_item": "the row's stem is contained in the item's and covers a good part of it (truncation)",
@@ -94,6 +98,14 @@ class DecontamSettings(IndexSettings):
     option_row_share: float = 0.25  # options rule: when less of the row's stem weight (words items use) is in the
     # item, the row asks its own question and its shared stem mass does not count towards `min_option_evidence`
     option_stem_share_common: float = 0.35  # options rule, option set shared by several items: stem share needed
+    # options rule, a row asking its own question: one whose stem shares less than `option_row_share` with the item
+    # and whose own words (those items use, not in the item's stem) weigh at least `option_own_info` is flagged on
+    # the options alone only when their words weigh `min_option_evidence_alone`. Set on the tuning part: the
+    # templates of the `options_only` disguises weigh at most 2.5 of their own; a different benchmark item with the
+    # same options and answer, 3.1-16.8 (the generic sets: teeth, rotator cuff muscles, types of cry), whose option
+    # words weigh at most 4.04; option sets that three or more different benchmark stems share weigh at most 4.22.
+    option_own_info: float = 3.0
+    min_option_evidence_alone: float = 4.5
     context_contained: float = 0.8  # context rule: share of the item's context words found in the row's context
     min_context_tokens: int = 30  # context rule: the item's context needs at least this many distinct words
 
@@ -104,11 +116,14 @@ class DecontamSettings(IndexSettings):
         "context_contained",
     )  # fmt: skip
     COUNTS: ClassVar[tuple[str, ...]] = ("distinctive_words", "option_short_chars", "min_context_tokens")
+    MASSES: ClassVar[tuple[str, ...]] = (
+        "min_stem_info", "distinctive_info", "min_option_evidence", "option_own_info", "min_option_evidence_alone",
+    )  # fmt: skip
     BOUNDS: ClassVar[Bounds] = {
         **IndexSettings.BOUNDS,
         **dict.fromkeys(SHARES, (0.0, 1.0)),
         **dict.fromkeys(COUNTS, (1, None)),
-        **dict.fromkeys(("min_stem_info", "distinctive_info", "min_option_evidence"), (0.0, None)),
+        **dict.fromkeys(MASSES, (0.0, None)),
         **dict.fromkeys(("option_ratio_short", "option_ratio_long"), (0.0, 100.0)),
     }
 
@@ -211,10 +226,15 @@ def confirm(row: Side, item: Side, item_optset_df: int, w: dict[str, float], s: 
         if item_optset_df <= 1:
             opt_info = sum(w.get(t, unseen) for t in {t for o in item.opts for t in o.split()})
             # A row whose stem is mostly its own words asks another question: the shared stem words then add no
-            # evidence. Words no item uses (templates, wrappers) are no question of the row's own: not counted.
+            # evidence, and when its own words weigh enough, only a distinctive option set does (a different
+            # question can enumerate the same lobes). Words no item uses (templates, wrappers) are not counted.
             known = sum(w[t] for t in row.toks if t in w)
-            evidence = opt_info + (shared if shared >= s.option_row_share * known else 0.0)
-            if evidence >= s.min_option_evidence:
+            if shared >= s.option_row_share * known:
+                evidence, bar = opt_info + shared, s.min_option_evidence
+            else:
+                own = known - shared >= s.option_own_info
+                evidence, bar = opt_info, s.min_option_evidence_alone if own else s.min_option_evidence
+            if evidence >= bar:
                 return "options", jacc
         elif c_item >= s.option_stem_share_common:
             return "options", jacc

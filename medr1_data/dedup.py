@@ -6,11 +6,12 @@ with shuffled options). `dedup` works on questions (one per `id`; trace rows of 
 1. **Exact groups**: questions with the same canonical stem, option set (as a set: shuffled options and new letters
    do not matter), answer text and context are one group at once (polars group_by).
 2. **Near duplicates** among the groups' first questions: the candidate index of `medr1_data.index` built on the
-   dataset itself (IDF weights from the dataset), each question querying it; a candidate pair is the same question
-   (`same_question`) when the stems agree (equal, or IDF-weighted containment >= `near` both ways; `near_no_options`
-   when a question has no options), their option sets match (fuzzy, one to one; Jaccard >= `option_jaccard`) with
-   the same answer text, and their contexts, if both have one, contain each other. Questions whose stems carry too
-   little information to tell questions apart ("Which of the following is true?") need the same option set.
+   dataset itself (IDF weights from the dataset; `medr1_data.selfindex`), each question querying it; a candidate
+   pair is the same question (`same_question`) when the stems agree (equal, or IDF-weighted containment >= `near`
+   both ways; `near_no_options` when a question has no options), their option sets match (fuzzy, one to one;
+   Jaccard >= `option_jaccard`) with the same answer text, and their contexts, if both have one, contain each
+   other. Questions whose stems carry too little information to tell questions apart ("Which of the following is
+   true?") need the same option set.
 3. **Clusters** are the connected components of those pairs (label propagation with polars group_by), and every
    question of an exact group follows its group.
 
@@ -18,6 +19,12 @@ Keep rule (`keep_order`), in order: the question with more correct traces (`is_c
 then the source listed first in `source_priority` (unlisted sources after, all equal), then more options, then the
 longer stem (an untruncated copy), then the smallest `id`. Every row gets `dup_cluster` (the kept question's `id`)
 and `dup_keep` (True on every row of the kept question); no row is dropped here (`select` drops by `drop_reason`).
+
+Memory is bounded (issue 19): questions are canonicalised `batch_rows` at a time and only integers are kept per
+question (exact-key hash, option count, stem length); the retrieval features are spilled in hash partitions
+(`selfindex.Spill`), candidates are generated per item range, and canonical text is recomputed only for the
+questions that need it (members of a hash group, candidate pairs). 2.2M questions: 2.2 GB peak with the input
+table (`python benchmarks/dedup.py`). Batches and partitions never change the result.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -32,21 +40,21 @@ from medr1_data import Medr1Error
 from medr1_data.config import Bounds
 from medr1_data.decontam import DecontamSettings
 from medr1_data.index import (
+    SEED,
     IndexSettings,
     Side,
     append_columns,
-    broadcast,
-    candidates,
     canon_table,
     features,
-    index_frame,
     option_hits,
     same_option,
     sides,
-    token_weights,
-    unique_questions,
+    token_counts,
     weight_map,
+    weights_from_counts,
 )
+from medr1_data.progress import release_memory
+from medr1_data.selfindex import Spill, build_self_index, self_candidates
 
 
 @dataclass
@@ -64,7 +72,7 @@ class DedupSettings:
     min_item_share: float = 0.5  # candidate: shared rare stem bigram weight / the other question's own
     ngram_max_df: int = 20  # stem/option bigrams shared by more questions do not retrieve
     exact_max_df: int = 5_000  # exact stem / option-set hashes shared by more questions do not retrieve
-    batch_rows: int = 20_000  # questions per retrieval batch
+    batch_rows: int = 20_000  # questions per batch (canonicalisation, candidates, checks): bounds memory only
     source_priority: tuple[str, ...] = field(default_factory=tuple)  # keep rule: earlier sources win ties
 
     BOUNDS: ClassVar[Bounds] = {
@@ -90,6 +98,7 @@ class DedupSettings:
         )
 
 
+FEATURES_PER_QUESTION = 80  # retrieval feature rows of a question, a generous mean (spill partitions from it)
 OUT_FIELDS = [pa.field("dup_cluster", pa.string(), nullable=False), pa.field("dup_keep", pa.bool_(), nullable=False)]
 OPTION_BARS = DecontamSettings()  # option texts are the same option by decontamination's rapidfuzz bars
 
@@ -147,28 +156,111 @@ def components(n: int, edges: pl.DataFrame) -> pl.DataFrame:
         labels = new
 
 
-def _near_pairs(reps: pl.DataFrame, s: DedupSettings) -> pl.DataFrame:
-    """Confirmed (a, b) near-duplicate pairs among the exact groups' representatives (`_i` = 0..n-1)."""
+EXACT_KEY = pl.concat_str(
+    [
+        pl.col("stem"),
+        pl.col("opts").list.unique().list.sort().list.join("\x1f"),
+        pl.col("answer").fill_null(""),
+        pl.col("ctx").fill_null(""),
+    ],
+    separator="\x1e",
+)  # one exact group: the same stem, option set (any order), answer text and context
+
+
+@dataclass
+class Questions:
+    """A table's questions (one per `id`, in order of first appearance): each one's first row, each row's question."""
+
+    table: pa.Table
+    n: int
+    first_row: np.ndarray | None  # per question; None when every row is its own question
+    of_row: np.ndarray | None  # per row
+
+    @classmethod
+    def of(cls, table: pa.Table) -> Questions:
+        """The questions of a table with an `id` column."""
+        ids = pl.from_arrow(table.select(["id"]), rechunk=False)
+        assert isinstance(ids, pl.DataFrame)
+        if ids["id"].n_unique() == ids.height:
+            return cls(table, ids.height, None, None)
+        first = ids.with_row_index("_row").select(pl.col("_row").min().over("id"))["_row"]
+        of_row = (first.rank("dense") - 1).cast(pl.UInt32).to_numpy()
+        first_row = first.unique().sort().to_numpy()
+        return cls(table, len(first_row), first_row, of_row)
+
+    def rows(self, qs: np.ndarray) -> np.ndarray:
+        """The first row of each of the questions `qs`."""
+        return qs if self.first_row is None else self.first_row[qs]
+
+    def canon(self, qs: np.ndarray) -> pl.DataFrame:
+        """`canon_table` of the questions `qs` (in that order)."""
+        cols = [c for c in ("question", "options", "answer_label", "context") if c in self.table.column_names]
+        return canon_table(self.table.select(cols).take(pa.array(self.rows(qs))))
+
+
+def _add_counts(total: pl.DataFrame | None, part: pl.DataFrame, sign: int = 1) -> pl.DataFrame:
+    part = part.select("tok", (pl.col("len").cast(pl.Int64) * sign).alias("len"))
+    return part if total is None else pl.concat([total, part]).group_by("tok").agg(pl.col("len").sum())
+
+
+def _scan(q: Questions, s: DedupSettings, spill: Spill) -> tuple[np.ndarray, np.ndarray, np.ndarray, pl.DataFrame]:
+    """Pass over every question a batch at a time: (exact-key hash, option count, stem length, token counts).
+
+    The batch's retrieval features go to `spill` (`_i` = question number); the canonical text is dropped.
+    """
     rs = s.retrieval()
-    feats = features(reps, rs, unique=False)
-    items, postings, totals = index_frame(reps.drop("_i"), rs, min_df=2, feats=feats)
-    weight_frame = token_weights(items)
-    weights = weight_map(weight_frame)
-    side: dict[int, Side] = {}
-    found: list[tuple[int, int]] = []
-    for start in range(0, reps.height, s.batch_rows):
-        batch = feats.filter(pl.col("_i").is_between(start, start + s.batch_rows - 1))
-        cands = candidates(postings, totals, None, rs, feats=batch)
-        cands = (
-            cands.filter(pl.col("_i") != pl.col("_item"))  # not itself, and each pair once
-            .select(pl.min_horizontal("_i", "_item").alias("a"), pl.max_horizontal("_i", "_item").alias("b"))
-            .unique()
+    keys, n_opts, n_chars = [], [], []
+    counts = None
+    for lo in range(0, q.n, s.batch_rows):
+        canon = q.canon(np.arange(lo, min(q.n, lo + s.batch_rows))).with_row_index("_i", offset=lo)
+        cols = canon.select(
+            EXACT_KEY.hash(SEED).alias("h"), pl.col("opts").list.len().alias("o"), pl.col("stem").str.len_chars()
         )
-        need = [k for k in set(cands["a"].to_list()) | set(cands["b"].to_list()) if k not in side]
-        side.update(zip(need, sides(items[need], weight_frame, s.unseen_weight), strict=True))
-        for i, j in zip(cands["a"].to_list(), cands["b"].to_list(), strict=True):
-            if same_question(side[i], side[j], weights, s):
-                found.append((i, j))
+        keys.append(cols["h"].to_numpy())
+        n_opts.append(cols["o"].to_numpy())
+        n_chars.append(cols["stem"].to_numpy())
+        spill.add(features(canon, rs, unique=False))
+        counts = _add_counts(counts, token_counts(canon))
+        del canon, cols
+    assert counts is not None
+    return np.concatenate(keys), np.concatenate(n_opts), np.concatenate(n_chars), counts
+
+
+def _exact_groups(q: Questions, hashes: np.ndarray, counts: pl.DataFrame, s: DedupSettings) -> tuple:
+    """(each question's exact group: its smallest question, token counts of the groups' first questions only).
+
+    Groups come from the key hashes, then are checked on the key text itself (in bounded batches of whole hash
+    groups), so a hash collision never merges two questions; the other members' tokens leave the counts.
+    """
+    h = pl.DataFrame({"h": hashes}).with_row_index("_q")
+    g = h.select(pl.col("_q").min().over("h").alias("g"), pl.len().over("h").alias("k"))
+    group = g["g"].to_numpy().copy()
+    multi = h.filter(g["k"] > 1).sort("h", "_q")
+    hs, qv = multi["h"].to_numpy(), multi["_q"].to_numpy()
+    bounds = np.append(np.flatnonzero(hs[1:] != hs[:-1]) + 1, len(hs))
+    lo = 0
+    while lo < len(hs):
+        hi = int(bounds[np.searchsorted(bounds, lo + s.batch_rows)]) if lo + s.batch_rows < len(hs) else len(hs)
+        part, canon = qv[lo:hi], q.canon(qv[lo:hi])
+        key = canon.select(pl.Series("_q", part), EXACT_KEY.alias("key"))
+        first = key.select(pl.col("_q").min().over("key"))["_q"].to_numpy()
+        group[part] = first
+        counts = _add_counts(counts, token_counts(canon.filter(pl.Series(first != part))), -1)
+        lo = hi
+    return group, counts.filter(pl.col("len") > 0)
+
+
+def _confirm(q: Questions, rep_q: np.ndarray, pairs: pl.DataFrame, weight_frame: pl.DataFrame, s: DedupSettings):
+    """The candidate pairs (`a`, `b`: item numbers) that `same_question` confirms, checked a batch at a time."""
+    weights = weight_map(weight_frame)
+    found: list[tuple[int, int]] = []
+    for lo in range(0, pairs.height, s.batch_rows):
+        part = pairs.slice(lo, s.batch_rows)
+        a, b = part["a"].to_numpy(), part["b"].to_numpy()
+        need = np.unique(np.concatenate([a, b]))
+        side = dict(zip(need.tolist(), sides(q.canon(rep_q[need]), weight_frame, s.unseen_weight), strict=True))
+        pairs_ab = zip(a.tolist(), b.tolist(), strict=True)
+        found += [(i, j) for i, j in pairs_ab if same_question(side[i], side[j], weights, s)]
     return pl.DataFrame(found, schema={"a": pl.UInt32, "b": pl.UInt32}, orient="row").unique()
 
 
@@ -177,54 +269,64 @@ def dedup(table: pa.Table, settings: DedupSettings | None = None) -> pa.Table:
     s = settings or DedupSettings()
     if "id" not in table.column_names:
         raise Medr1Error("dedup: the table has no `id` column")
-    uniq, ids = unique_questions(table)
-    canon = canon_table(uniq).with_columns(uniq["id"].cast(pl.String).alias("id")).with_row_index("_q")
-    exact_key = pl.concat_str(
-        [
-            pl.col("stem"),
-            pl.col("opts").list.unique().list.sort().list.join("\x1f"),
-            pl.col("answer").fill_null(""),
-            pl.col("ctx").fill_null(""),
-        ],
-        separator="\x1e",
+    q = Questions.of(table)
+    if not q.n:
+        empty = pl.DataFrame(schema={"dup_cluster": pl.String, "dup_keep": pl.Boolean})
+        return append_columns(table, empty, OUT_FIELDS)
+    spill = Spill.sized(q.n * FEATURES_PER_QUESTION)
+    try:
+        hashes, n_opts, n_chars, counts = _scan(q, s, spill)
+        group, counts = _exact_groups(q, hashes, counts, s)
+        del hashes
+        is_rep = group == np.arange(q.n)
+        rep_q = np.flatnonzero(is_rep)
+        item_of = np.where(is_rep, np.cumsum(is_rep) - 1, -1)
+        index = build_self_index(spill, item_of, len(rep_q), s.retrieval())
+    finally:
+        spill.close()
+    release_memory()
+    weight_frame = weights_from_counts(counts, len(rep_q))
+    pairs = _confirm(q, rep_q, self_candidates(index, s.retrieval(), s.batch_rows), weight_frame, s)
+    del index
+    labels = components(len(rep_q), pairs)
+    label_rep = np.empty(len(rep_q), dtype=np.int64)
+    label_rep[labels["node"].to_numpy()] = labels["label"].to_numpy()
+    label = label_rep[item_of[group]]
+    kept = _kept(q, label, n_opts, n_chars, s)
+    row_kept = kept if q.of_row is None else kept[q.of_row]
+    row_q = np.arange(q.n) if q.of_row is None else q.of_row
+    ids = table.column("id") if q.first_row is None else table.column("id").take(pa.array(q.first_row))
+    values = pl.DataFrame(
+        {
+            "dup_cluster": pl.from_arrow(ids.take(pa.array(row_kept))).cast(pl.String),
+            "dup_keep": row_kept == row_q,
+        }
     )
-    canon = canon.with_columns(pl.col("_q").min().over(exact_key).alias("_group"))
-    reps = canon.filter(pl.col("_q") == pl.col("_group")).with_row_index("_i")
-    pairs = _near_pairs(reps.select("_i", "stem", "opts", "answer", "ctx"), s)
-    labels = components(reps.height, pairs)
-    group_label = reps.select("_group", "_i").join(labels, left_on="_i", right_on="node").select("_group", "label")
-    canon = canon.join(group_label, on="_group", how="left", maintain_order="left")
-    keep = _keep_order(table, canon, s)
-    kept = keep.sort(["label", "_rank"]).group_by("label", maintain_order=True).agg(pl.col("id").first().alias("kept"))
-    per_q = (
-        canon.select("_q", "id", "label")
-        .join(kept, on="label", how="left", maintain_order="left")
-        .select(pl.col("kept").alias("dup_cluster"), (pl.col("kept") == pl.col("id")).alias("dup_keep"))
-    )
-    return append_columns(table, broadcast(table, per_q, ids), OUT_FIELDS)
+    return append_columns(table, values, OUT_FIELDS)
 
 
-def _keep_order(table: pa.Table, canon: pl.DataFrame, s: DedupSettings) -> pl.DataFrame:
-    """Per question: `label`, `id` and `_rank` (smaller is kept first) following the documented keep rule."""
-    cols = ["id"] + [c for c in ("source", "is_correct") if c in table.column_names]
-    rows = pl.from_arrow(table.select(cols))
-    assert isinstance(rows, pl.DataFrame)
-    correct = (
-        rows.group_by("id").agg(pl.col("is_correct").fill_null(False).sum().alias("n_correct"))
-        if "is_correct" in rows.columns
-        else rows.select("id").unique().with_columns(pl.lit(0).alias("n_correct"))
-    )
-    source = rows.group_by("id").agg(pl.col("source").first()) if "source" in rows.columns else None
-    order = {name: k for k, name in enumerate(s.source_priority)}
-    out = canon.select(
-        "id", "label", pl.col("opts").list.len().alias("n_opts"), pl.col("stem").str.len_chars().alias("n_chars")
-    )
-    out = out.join(correct.with_columns(pl.col("id").cast(pl.String)), on="id", how="left")
-    if source is not None:
-        prio = pl.col("source").cast(pl.String).replace_strict(order, default=len(order), return_dtype=pl.Int64)
-        out = out.join(source.with_columns(pl.col("id").cast(pl.String)), on="id", how="left").with_columns(
-            prio.alias("_prio")
+def _kept(q: Questions, label: np.ndarray, n_opts: np.ndarray, n_chars: np.ndarray, s: DedupSettings) -> np.ndarray:
+    """The question each question's cluster keeps, by the documented keep rule (ranked only in clusters of two+)."""
+    kept = np.arange(q.n)
+    multi = np.flatnonzero(np.bincount(label, minlength=q.n)[label] > 1)
+    if not len(multi):
+        return kept
+    rows = q.rows(multi)
+    out = pl.DataFrame({"_q": multi, "label": label[multi], "n_opts": n_opts[multi], "n_chars": n_chars[multi]})
+    out = out.with_columns(_column(q.table, "id", rows).cast(pl.String))
+    if "is_correct" in q.table.column_names:
+        at = multi if q.of_row is None else np.flatnonzero(np.isin(q.of_row, multi))
+        correct = pl.DataFrame({"_q": at if q.of_row is None else q.of_row[at]}).with_columns(
+            _column(q.table, "is_correct", at)
         )
+        n_correct = correct.group_by("_q").agg(pl.col("is_correct").fill_null(False).sum().alias("n_correct"))
+        out = out.join(n_correct, on="_q", how="left")
+    else:
+        out = out.with_columns(pl.lit(0).alias("n_correct"))
+    if "source" in q.table.column_names:
+        order = {name: k for k, name in enumerate(s.source_priority)}
+        prio = pl.col("source").cast(pl.String).replace_strict(order, default=len(order), return_dtype=pl.Int64)
+        out = out.with_columns(_column(q.table, "source", rows)).with_columns(prio.alias("_prio"))
     else:
         out = out.with_columns(pl.lit(0).alias("_prio"))
     ranked = out.sort(
@@ -232,4 +334,15 @@ def _keep_order(table: pa.Table, canon: pl.DataFrame, s: DedupSettings) -> pl.Da
         descending=[False, True, False, True, True, False],
         nulls_last=True,
     )
-    return ranked.with_columns(pl.int_range(pl.len()).alias("_rank")).select("label", "id", "_rank")
+    first = ranked.group_by("label", maintain_order=True).agg(pl.col("_q").first())
+    best = np.zeros(q.n, dtype=np.int64)
+    best[first["label"].to_numpy()] = first["_q"].to_numpy()
+    kept[multi] = best[label[multi]]
+    return kept
+
+
+def _column(table: pa.Table, name: str, rows: np.ndarray) -> pl.Series:
+    """One column of the table at `rows`, as a polars Series of that name."""
+    out = pl.from_arrow(table.column(name).take(pa.array(rows)))
+    assert isinstance(out, pl.Series)
+    return out.alias(name)

@@ -151,13 +151,21 @@ def features(canon: pl.DataFrame, settings: IndexSettings, *, unique: bool = Tru
 
 def token_weights(canon: pl.DataFrame) -> pl.DataFrame:
     """IDF weight `w` in 0-1 of every stem or option word `tok` of a canonical frame: ln((N+1)/(df+1)) / ln(N+1)."""
-    n = canon.height
+    return weights_from_counts(token_counts(canon), canon.height)
+
+
+def token_counts(canon: pl.DataFrame) -> pl.DataFrame:
+    """Document frequency `len` of every stem or option word `tok` of a canonical frame (counts of parts add up)."""
     docs = canon.select(
         pl.concat_list(pl.col("stem").str.split(" "), pl.col("opts").list.join(" ").str.split(" "))
         .list.unique()
         .alias("tok")
     )
-    df = docs.explode("tok").filter(pl.col("tok").is_not_null() & (pl.col("tok") != "")).group_by("tok").len()
+    return docs.explode("tok").filter(pl.col("tok").is_not_null() & (pl.col("tok") != "")).group_by("tok").len()
+
+
+def weights_from_counts(df: pl.DataFrame, n: int) -> pl.DataFrame:
+    """`token_weights` from the `token_counts` (`tok`, `len`) of `n` questions."""
     norm = math.log(n + 1) or 1.0
     return df.select("tok", _quantized((pl.lit(n + 1.0) / (pl.col("len") + 1.0)).log() / norm).alias("w"))
 
@@ -204,44 +212,48 @@ def index_frame(
     if feats is None:
         feats = features(items.rename({"_item": "_i"}), settings)
     postings = _postings(feats.rename({"_i": "_item"}), settings, max(items.height, 1))
-    stemish = pl.col("view").is_in([VIEW_NGRAM, VIEW_WORD])
-    w = pl.col("w").cast(pl.Float64)
-    totals = postings.group_by("_item").agg(
-        w.filter(stemish).sum().alias("tot_ngram"),
-        w.filter(pl.col("view") == VIEW_OPTGRAM).sum().alias("tot_optgram"),
-        w.filter(pl.col("view") == VIEW_CONTEXT).sum().alias("tot_ctx"),
-        (pl.col("view") == VIEW_OPTION).sum().alias("n_opt"),
-    )
+    totals = item_totals(postings.lazy()).collect()
     postings = postings.filter(pl.col("df") >= min_df).drop("df")
     return items, postings, totals
 
 
 def _postings(feats: pl.DataFrame, settings: IndexSettings, n: int) -> pl.DataFrame:
     """Posting lists (`feat`, `view`, `_item`, weight `w`, `df`) of the features under their view's df cap."""
-    caps = [
-        settings.stem_max_df,
-        settings.optset_max_df,
-        settings.option_max_df,
-        settings.ngram_max_df,
-        settings.word_max_df,
-        settings.ngram_max_df,
-        settings.ngram_max_df,
-    ]
-    cap = pl.col("view").replace_strict(dict(enumerate(caps)), return_dtype=pl.Int64)
-    exact = pl.col("view").is_in([VIEW_STEM, VIEW_OPTSET])
-    counted = feats.lazy().group_by("feat", "view").len("df").filter(pl.col("df") <= cap)
+    counted = feats.lazy().group_by("feat", "view").len("df").filter(pl.col("df") <= view_cap(settings))
     return (
         feats.lazy()
         .join(counted, on=["feat", "view"])
-        .with_columns(
-            pl.when(exact)
-            .then(pl.lit(EXACT_WEIGHT))
-            .otherwise(_quantized((pl.lit(n + 1.0) / (pl.col("df") + 1.0)).log(), POSTING_BITS))
-            .cast(pl.Float32)  # a multiple of 2^-16 below 2^8 is exact in float32
-            .alias("w")
-        )
+        .with_columns(posting_weight(n))
         .select("feat", "view", "_item", "w", "df")
         .collect(engine="streaming")
+    )
+
+
+def view_cap(settings: IndexSettings) -> pl.Expr:
+    """The df cap of each row's `view`: features used by more items do not retrieve."""
+    s = settings
+    caps = [s.stem_max_df, s.optset_max_df, s.option_max_df, s.ngram_max_df, s.word_max_df, s.ngram_max_df]
+    caps.append(s.ngram_max_df)
+    return pl.col("view").replace_strict(dict(enumerate(caps)), return_dtype=pl.Int64)
+
+
+def posting_weight(n: int) -> pl.Expr:
+    """Retrieval weight `w` of a feature used `df` times among `n` items (exact views: EXACT_WEIGHT), float32."""
+    exact = pl.col("view").is_in([VIEW_STEM, VIEW_OPTSET])
+    idf = _quantized((pl.lit(n + 1.0) / (pl.col("df") + 1.0)).log(), POSTING_BITS)
+    # a multiple of 2^-16 below 2^8 is exact in float32
+    return pl.when(exact).then(pl.lit(EXACT_WEIGHT)).otherwise(idf).cast(pl.Float32).alias("w")
+
+
+def item_totals(postings: pl.LazyFrame) -> pl.LazyFrame:
+    """Per `_item` of postings (`view`, `w`): its stem, option-bigram and context weight, and its option count."""
+    stemish = pl.col("view").is_in([VIEW_NGRAM, VIEW_WORD])
+    w = pl.col("w").cast(pl.Float64)
+    return postings.group_by("_item").agg(
+        w.filter(stemish).sum().alias("tot_ngram"),
+        w.filter(pl.col("view") == VIEW_OPTGRAM).sum().alias("tot_optgram"),
+        w.filter(pl.col("view") == VIEW_CONTEXT).sum().alias("tot_ctx"),
+        (pl.col("view") == VIEW_OPTION).sum().alias("n_opt"),
     )
 
 
@@ -253,11 +265,17 @@ def candidates(
     feats: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Candidate (row `_i`, `_item`) pairs of a canonical frame with `_i` (or of its `feats`): best `top_k` per row."""
-    s = settings
     if feats is None:
         assert canon is not None
-        feats = features(canon, s, unique=False)
-    pairs = _pair_hits(feats, postings).join(totals.lazy(), on="_item", how="left")
+        feats = features(canon, settings, unique=False)
+    hits = feats.lazy().join(postings.lazy(), on=["feat", "view"], how="inner").select("_i", "_item", "view", "w")
+    return best_candidates(pair_hits(hits), totals, settings)
+
+
+def best_candidates(pairs: pl.LazyFrame, totals: pl.DataFrame, settings: IndexSettings) -> pl.DataFrame:
+    """The `pair_hits` that are candidates by the settings' rules, the best `top_k` per row (`_i`, `_item`, `rank`)."""
+    s = settings
+    pairs = pairs.join(totals.lazy(), on="_item", how="left")
     item_share, opt_share = _share("s_ngram", "tot_ngram"), _share("n_hit_opt", "n_opt")
     gram_share, ctx_share = _share("s_optgram", "tot_optgram"), _share("s_ctx", "tot_ctx")
     k = s.min_shared_features
@@ -279,29 +297,25 @@ def candidates(
     )
 
 
-def _pair_hits(feats: pl.DataFrame, postings: pl.DataFrame) -> pl.LazyFrame:
-    """Per (`_i`, `_item`) pair sharing a feature: exact hits, option hits, n-gram weight sums and counts per view."""
+def pair_hits(hits: pl.LazyFrame) -> pl.LazyFrame:
+    """Per (`_i`, `_item`) pair of feature hits (`view`, `w`): exact hits, option hits, weight sums and counts."""
     view, w = pl.col("view"), pl.col("w").cast(pl.Float64)
     zero = pl.lit(0.0, pl.Float64)
     stemish = view.is_in([VIEW_NGRAM, VIEW_WORD])
-    hits = (
-        feats.lazy()
-        .join(postings.lazy(), on=["feat", "view"], how="inner")
-        .select(
-            (pl.col("_i").cast(pl.UInt64) * PAIR + pl.col("_item")).alias("pair"),  # one u64 key: faster group_by
-            view.is_in([VIEW_STEM, VIEW_OPTSET]).cast(pl.UInt8).alias("exact"),
-            (view == VIEW_STEM).cast(pl.UInt8).alias("x_stem"),
-            (view == VIEW_OPTION).cast(pl.UInt16).alias("n_hit_opt"),
-            pl.when(stemish).then(w).otherwise(zero).alias("s_ngram"),
-            stemish.cast(pl.UInt16).alias("k_ngram"),
-            pl.when(view == VIEW_OPTGRAM).then(w).otherwise(zero).alias("s_optgram"),
-            (view == VIEW_OPTGRAM).cast(pl.UInt16).alias("k_optgram"),
-            pl.when(view == VIEW_CONTEXT).then(w).otherwise(zero).alias("s_ctx"),
-            (view == VIEW_CONTEXT).cast(pl.UInt16).alias("k_ctx"),
-        )
+    per_hit = hits.select(
+        (pl.col("_i").cast(pl.UInt64) * PAIR + pl.col("_item")).alias("pair"),  # one u64 key: faster group_by
+        view.is_in([VIEW_STEM, VIEW_OPTSET]).cast(pl.UInt8).alias("exact"),
+        (view == VIEW_STEM).cast(pl.UInt8).alias("x_stem"),
+        (view == VIEW_OPTION).cast(pl.UInt16).alias("n_hit_opt"),
+        pl.when(stemish).then(w).otherwise(zero).alias("s_ngram"),
+        stemish.cast(pl.UInt16).alias("k_ngram"),
+        pl.when(view == VIEW_OPTGRAM).then(w).otherwise(zero).alias("s_optgram"),
+        (view == VIEW_OPTGRAM).cast(pl.UInt16).alias("k_optgram"),
+        pl.when(view == VIEW_CONTEXT).then(w).otherwise(zero).alias("s_ctx"),
+        (view == VIEW_CONTEXT).cast(pl.UInt16).alias("k_ctx"),
     )
     return (
-        hits.group_by("pair")
+        per_hit.group_by("pair")
         .agg(pl.all().sum())
         .with_columns(
             (pl.col("pair") // PAIR).cast(pl.UInt32).alias("_i"), (pl.col("pair") % PAIR).cast(pl.UInt32).alias("_item")

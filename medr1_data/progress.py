@@ -150,6 +150,7 @@ class BuildProgress:
         self.scale: float | None = None
         self._stage: str | None = None
         self._rows: int | None = None
+        self._done = 0
         self._t0 = 0.0
         self.line = LiveLine(self.stream, self._live, interval)
 
@@ -174,6 +175,8 @@ class BuildProgress:
             return None
         t = time.monotonic() - self._t0
         rows_text = f"{human(rows)} rows in" if rows is not None else "reading sources"
+        if self._done and rows:
+            rows_text = f"{human(self._done)} of {human(rows)} rows"
         return (
             f"{self._label(stage)}: {rows_text}, {duration(t)} | build {duration(time.monotonic() - self.started)}"
             f" | ETA {duration(self._eta(t))}"
@@ -184,7 +187,7 @@ class BuildProgress:
         if rows_in is not None and self.scale is None:
             prev = self.previous.get(stage, {}).get("rows_in")
             self.scale = rows_in / prev if prev else None
-        self._stage, self._rows, self._t0 = stage, rows_in, time.monotonic()
+        self._stage, self._rows, self._t0, self._done = stage, rows_in, time.monotonic(), 0
         if not self.quiet and live:
             self.line.start()
 
@@ -217,6 +220,10 @@ class BuildProgress:
             if math.isfinite(eta):
                 text += f" | ETA {duration(eta)}"
         self.line.write(f"{self._label(stage)}: {text}", final=True)
+
+    def advance(self, rows: int) -> None:
+        """`rows` more rows of the running stage are done (a stage that works a part at a time)."""
+        self._done += rows
 
     def message(self, line: str) -> None:
         """A line of a stage's own (per source, per benchmark) above the live line."""

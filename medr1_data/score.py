@@ -69,30 +69,28 @@ class ScoreSettings:
 def _signals(s: ScoreSettings) -> list[pl.Expr]:
     reasoning = pl.col("reasoning").fill_null("")
     response = pl.col("response").fill_null("")
-    lines = reasoning.str.split("\n").list.eval(
-        pl.element().str.strip_chars().filter(pl.element().str.len_chars() >= s.loop_line_chars)
+    # The most repeated line of at least loop_line_chars characters (after stripping), in one pass over each list.
+    longest_loop = reasoning.str.split("\n").list.eval(
+        pl.element().str.strip_chars().filter(pl.element().str.len_chars() >= s.loop_line_chars).unique_counts().max()
     )
+    blank = r"\S"  # `x.str.strip_chars() == ""` without copying every text: no character other than white space
     return [
         (reasoning.str.len_bytes() // 4).cast(pl.Int64).alias("reasoning_tokens"),
         response.str.len_chars().cast(pl.Int64).alias("response_chars"),
         (
-            (pl.col("finish_reason") == "length").fill_null(False)
-            | ((response.str.strip_chars() == "") & (reasoning != ""))
+            (pl.col("finish_reason") == "length").fill_null(False) | (~response.str.contains(blank) & (reasoning != ""))
         ).alias("truncated"),
         (
-            (reasoning.str.strip_chars() == "")
+            ~reasoning.str.contains(blank)
             | response.str.contains("<think>|</think>")
             | reasoning.str.contains("</think>|<answer>")
         ).alias("malformed"),
         (pl.col("answer_source") != "response").fill_null(True).alias("no_answer"),
         response.str.contains(HEDGE).alias("hedging"),
-        lines.list.eval(pl.element().unique_counts().max())
-        .list.first()
-        .fill_null(0)
-        .cast(pl.Int64)
-        .alias("max_line_repeats"),
+        longest_loop.list.first().fill_null(0).cast(pl.Int64).alias("max_line_repeats"),
+        # A match of ANSWER_IS ends with its letter: the last character is the letter committed to.
         reasoning.str.extract_all(ANSWER_IS)
-        .list.eval(pl.element().str.extract(r"([A-Z])\W*$"))
+        .list.eval(pl.element().str.slice(-1))
         .list.n_unique()
         .cast(pl.Int64)
         .alias("committed_letters"),

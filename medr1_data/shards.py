@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import os
 import string
 from collections.abc import Callable
@@ -35,7 +34,7 @@ DEFAULT_CONFIG = "default"
 # The same content-defined chunking as `datasets` (config.DEFAULT_CDC_OPTIONS): pages are cut where the content says,
 # so an unchanged run of rows gives identical pages in the next version and Xet storage uploads it only once.
 CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "norm_level": 0}
-SIZE_BATCH_ROWS = 8192  # rows per batch when derived columns are built only to be measured
+SIZE_BATCH_ROWS = 8192  # rows per batch taken from a table in memory
 Derive = Callable[[pa.Table], pa.Table]  # a shard's rows -> the columns added to it
 
 
@@ -105,19 +104,6 @@ def take_rows(table: pa.Table, rows: pa.Array | np.ndarray) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=table.schema)
 
 
-def source_runs(table: pa.Table) -> list[tuple[str, int, int]]:
-    """(source, offset, length) of each run of equal `source` values in a sorted table; each source once."""
-    if not table.num_rows:
-        return []
-    runs = pc.run_end_encode(table.column("source").combine_chunks())
-    ends = runs.run_ends.to_pylist()
-    names = runs.values.to_pylist()
-    if len(set(names)) != len(names):
-        raise Medr1Error("release rows are not grouped by source: an id does not start with its source's name")
-    starts = [0, *ends[:-1]]
-    return [(name, start, end - start) for name, start, end in zip(names, starts, ends, strict=True)]
-
-
 def _format_column(fmt: str, **columns: pa.Array) -> pa.Array:
     """`fmt` filled in row by row, each `{field}` from the column of that name (a null field gives a null row)."""
     pieces: list[Any] = []
@@ -169,110 +155,168 @@ def with_columns(table: pa.Table, derive: Derive | None) -> pa.Table:
     return table
 
 
-def derived_bytes(table: pa.Table, rows: pa.Array, derive: Derive) -> int:
-    """Arrow bytes of the columns `derive` adds to the rows at `rows`, built a batch at a time and dropped."""
-    total = 0
-    for start in range(0, len(rows), SIZE_BATCH_ROWS):
-        total += derive(take_rows(table, rows.slice(start, SIZE_BATCH_ROWS))).nbytes
-    return total
+def row_bytes(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """About the Arrow bytes of each row of a column (values and offsets, not validity bits), from the row alone:
+    what the shard and row-group cuts add up, so that they fall on the same rows however the rows arrive."""
+    if isinstance(array, pa.ChunkedArray):
+        parts = [row_bytes(c) for c in array.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0)
+    t = array.type
+    if pa.types.is_struct(t):
+        total = np.zeros(len(array))
+        for i in range(t.num_fields):
+            total += row_bytes(array.field(i))
+        return total
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        child = row_bytes(array.flatten())
+        parents = pc.list_parent_indices(array).to_numpy()
+        return np.bincount(parents, weights=child, minlength=len(array)) + 4.0
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return pc.fill_null(pc.binary_length(array), 0).to_numpy(zero_copy_only=False).astype(np.float64) + 4.0
+    if pa.types.is_boolean(t):
+        return np.full(len(array), 0.125)
+    width = t.bit_width / 8 if hasattr(t, "bit_width") and t.bit_width else 8.0
+    return np.full(len(array), width)
 
 
-_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+def parquet_options(settings: ShardSettings) -> dict[str, Any]:
+    """Writer options of a release file: zstd, statistics, a page index, content-defined chunking."""
+    return {
+        "compression": "zstd",
+        "compression_level": settings.compression_level,
+        "write_statistics": True,
+        "write_page_index": True,
+        "use_content_defined_chunking": CDC_OPTIONS if settings.content_defined_chunking else False,
+    }
 
 
-def _is_text(type_: pa.DataType) -> bool:
-    return any(check(type_) for check in _TEXT_TYPES)
+class ShardWriter:
+    """`data/{split}-{i:05d}-of-{n:05d}.parquet` written from rows in release order, a batch at a time.
 
+    A shard holds one source; a new one starts where the source changes or where the next row would take it past
+    `shard_bytes` of Arrow data, and a row group ends where the next row would take it past `row_group_bytes` (the
+    `datasets` sizes). The cuts are made row by row from each row's own size (`row_bytes`), so the files depend on
+    the rows alone, not on how they were batched. `derive` adds columns built from each batch (the chat columns),
+    counted in the sizes. Row groups are encoded in a worker thread (pyarrow releases the GIL) while the next batch
+    is prepared; memory holds about one row group.
+    """
 
-def arrow_bytes(table: pa.Table, rows: pa.Array, schema: pa.Schema) -> int:
-    """Arrow bytes of the rows at `rows` once taken and cast to `schema`, without copying the text columns."""
-    n = len(rows)
-    total = 0
-    for field in schema:
-        column = table.column(field.name)
-        if _is_text(field.type) and _is_text(column.type):
-            lengths = pc.take(pc.binary_length(column), rows)
-            offset_width = 8 if pa.types.is_large_string(field.type) or pa.types.is_large_binary(field.type) else 4
-            validity = -(-n // 8) if lengths.null_count else 0
-            total += validity + (n + 1) * offset_width + (pc.sum(lengths).as_py() or 0)
-        else:
-            total += pc.take(column, rows).cast(field.type).nbytes
-    return total
+    def __init__(self, out: Path, settings: ShardSettings, derive: Derive | None = None) -> None:
+        self.out, self.settings, self.derive = Path(out), settings, derive
+        self.data = self.out / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        for old in [*self.data.glob(f"{settings.split}-*-of-*.parquet"), *self.data.glob("*.parquet.tmp")]:
+            old.unlink()
+        self.schema: pa.Schema | None = None
+        self.shards: list[dict[str, Any]] = []  # path (temporary), config, rows, arrow_bytes
+        self.finished: set[str | None] = set()  # sources whose rows have all been written
+        self.group: list[pa.Table] = []
+        self.group_bytes = 0.0
+        self.shard_bytes = 0.0
+        self.writer: pq.ParquetWriter | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: Any = None
 
+    def _submit(self, job: Callable[[], Any]) -> None:
+        """Run `job` in the worker after the one before it (at most one waits, so memory stays bounded)."""
+        if self.pending is not None:
+            self.pending.result()
+        self.pending = self.pool.submit(job)
 
-def _shard_plan(
-    table: pa.Table, order: pa.Array, schema: pa.Schema, shard_bytes: int, derive: Derive | None = None
-) -> list[tuple[str, pa.Array]]:
-    """Row positions (in release order) of shards of at most about `shard_bytes` Arrow bytes, one source each."""
-    plan = []
-    sources = pa.table({"source": pc.take(table.column("source"), order)})
-    for source, offset, length in source_runs(sources):
-        part = order.slice(offset, length)
-        size = arrow_bytes(table, part, schema) + (derived_bytes(table, part, derive) if derive else 0)
-        n = max(1, math.ceil(size / shard_bytes))
-        per = math.ceil(length / n)
-        plan += [(source, part.slice(i * per, per)) for i in range(n) if i * per < length]
-    return plan
+    def _flush_group(self) -> None:
+        if not self.group:
+            return
+        table = pa.concat_tables(self.group).combine_chunks()
+        self.group, self.group_bytes = [], 0.0
+        shard, writer = self.shards[-1], self.writer
+        shard["rows"] += table.num_rows
+        assert writer is not None
+        self._submit(lambda: writer.write_table(table, row_group_size=max(1, table.num_rows)))
 
+    def _end_shard(self) -> None:
+        self._flush_group()
+        if self.writer is not None:
+            self._submit(self.writer.close)
+            self.writer = None
 
-def row_group_rows(table: pa.Table, row_group_bytes: int) -> int:
-    """Rows per row group so that a group holds about `row_group_bytes` of Arrow data (how `datasets` sizes them)."""
-    if not table.num_rows or not table.nbytes:
-        return max(1, table.num_rows)
-    return max(1, table.num_rows * row_group_bytes // table.nbytes)
+    def _start_shard(self, source: str | None) -> None:
+        self._end_shard()
+        if self.shards and self.shards[-1]["config"] != source:
+            self.finished.add(self.shards[-1]["config"])
+        if source in self.finished:
+            raise Medr1Error("release rows are not grouped by source: an id does not start with its source's name")
+        assert self.schema is not None
+        path = self.data / f"{self.settings.split}-{len(self.shards):05d}.parquet.tmp"
+        self.shards.append({"tmp": path, "config": source, "rows": 0, "arrow_bytes": 0})
+        self.writer = pq.ParquetWriter(path, self.schema, **parquet_options(self.settings))
+        self.shard_bytes = 0.0
 
+    def write(self, batch: pa.Table) -> None:
+        """Append rows that follow the rows written so far in release order."""
+        table = normalize(with_columns(batch, self.derive))
+        if self.schema is None:
+            self.schema = table.schema
+        table = table.cast(self.schema)
+        sizes = np.zeros(table.num_rows)
+        for column in table.columns:
+            sizes += row_bytes(column)
+        sources = table.column("source").to_pylist() if "source" in table.column_names else [None] * len(sizes)
+        s = self.settings
+        start = 0
+        for i, size in enumerate(sizes):
+            current = self.shards[-1]["config"] if self.shards else object()
+            new_shard = sources[i] != current or (self.shard_bytes and self.shard_bytes + size > s.shard_bytes)
+            new_group = self.group_bytes and self.group_bytes + size > s.row_group_bytes
+            if new_shard or new_group:
+                if i > start:
+                    self.group.append(table.slice(start, i - start))
+                start = i
+                self._start_shard(sources[i]) if new_shard else self._flush_group()
+            self.shard_bytes += size
+            self.group_bytes += size
+            self.shards[-1]["arrow_bytes"] += size
+        if table.num_rows > start:
+            self.group.append(table.slice(start))
 
-def write_parquet(table: pa.Table, path: Path, settings: ShardSettings) -> None:
-    """One zstd Parquet file with statistics, a page index and row groups sized like `datasets` writes them."""
-    pq.write_table(
-        table,
-        path,
-        compression="zstd",
-        compression_level=settings.compression_level,
-        row_group_size=row_group_rows(table, settings.row_group_bytes),
-        write_statistics=True,
-        write_page_index=True,
-        use_content_defined_chunking=CDC_OPTIONS if settings.content_defined_chunking else False,
-    )
+    def close(self) -> list[dict[str, Any]]:
+        """Finish the last shard, name every shard `-of-n` and return one manifest entry per file."""
+        if not self.shards:  # no row at all: one empty file keeps the schema
+            self._start_shard(None)
+        self._end_shard()
+        if self.pending is not None:
+            self.pending.result()
+        self.pool.shutdown()
+        n = len(self.shards)
+        files = []
+        for i, shard in enumerate(self.shards):
+            path = self.data / f"{self.settings.split}-{i:05d}-of-{n:05d}.parquet"
+            os.replace(shard["tmp"], path)
+            files.append(
+                {
+                    "path": path.relative_to(self.out).as_posix(),
+                    "split": self.settings.split,
+                    "config": shard["config"],
+                    "rows": shard["rows"],
+                    "arrow_bytes": round(shard["arrow_bytes"]),  # the rows' sizes the cuts added up
+                    "bytes": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                }
+            )
+        return files
 
 
 def write_shards(
     table: pa.Table, out: Path, settings: ShardSettings, rows: pa.Array | None = None, derive: Derive | None = None
 ) -> list[dict[str, Any]]:
-    """Write `data/{split}-{i:05d}-of-{n:05d}.parquet` (one source per shard); return one manifest entry per file.
-
-    `rows` (positions in `table`) releases only those rows. Rows are sorted on the key columns and each shard's rows
-    are taken on their own, so memory grows with the shard, not the table, and no text column is ever concatenated.
-    `derive` adds columns built from each shard's rows (the chat columns), counted in the shard's size.
-    """
-    out = Path(out)
-    schema = normalize(table.slice(0, 0)).schema
+    """Write a table's rows (all, or those at positions `rows`) as release shards in release order (`ShardWriter`);
+    return one manifest entry per file. Only the key columns are sorted; rows are taken a batch at a time."""
     order = sort_order(table, rows)
-    data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    for old in data.glob(f"{settings.split}-*-of-*.parquet"):
-        old.unlink()
-    plan = _shard_plan(table, order, schema, settings.shard_bytes, derive) or [(None, order)]
-    n = len(plan)
-    paths = [data / f"{settings.split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
-
-    def write(i: int) -> dict[str, Any]:
-        source, part_rows = plan[i]
-        part = normalize(with_columns(take_rows(table, part_rows), derive))
-        write_parquet(part, paths[i], settings)
-        return {
-            "path": paths[i].relative_to(out).as_posix(),
-            "split": settings.split,
-            "config": source,
-            "rows": part.num_rows,
-            "arrow_bytes": part.nbytes,
-            "bytes": paths[i].stat().st_size,
-            "sha256": sha256_file(paths[i]),
-        }
-
-    # pyarrow releases the GIL while encoding and compressing: shards are written side by side.
-    with ThreadPoolExecutor(max_workers=max(1, min(n, os.cpu_count() or 1))) as pool:
-        return list(pool.map(write, range(n)))
+    writer = ShardWriter(out, settings, derive)
+    if not len(order):
+        writer.write(table.slice(0, 0))
+    for start in range(0, len(order), SIZE_BATCH_ROWS):
+        writer.write(take_rows(table, order.slice(start, SIZE_BATCH_ROWS)))
+    return writer.close()
 
 
 def schema_doc(schema: pa.Schema) -> list[dict[str, str]]:

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +27,20 @@ import pyarrow.parquet as pq
 
 from medr1_data import Medr1Error, __version__, contracts
 from medr1_data import sources as source_registry
+from medr1_data.card import length_stats, text_lengths
 from medr1_data.contracts import check_input
-from medr1_data.progress import BuildProgress
+from medr1_data.parts import Parts, PartsWriter
+from medr1_data.progress import BuildProgress, release_memory
 from medr1_data.prompts import get_template
 from medr1_data.recipe import Recipe
-from medr1_data.schema import REJECT_SCHEMA, TRACE_FIELDS, normalize
+from medr1_data.schema import REJECT_SCHEMA, TRACE_FIELDS, VERIFY_FIELDS, normalize
 from medr1_data.score import score
-from medr1_data.select import drop_counts, select, unanswered_questions
-from medr1_data.shards import chat_columns, take_rows, with_columns, write_manifest, write_shards
-from medr1_data.teacher.run import require_complete, run_distill
+from medr1_data.select import select, unanswered_questions
+from medr1_data.shards import ShardWriter, chat_columns, sort_order, take_rows, write_manifest
+from medr1_data.teacher.run import prepare, require_complete
 from medr1_data.verify import verify
 
+BATCH_ROWS = 32_768
 # question-level drops: made before any request is paid, or (a dataset teacher) no trace of the question exists
 PRE_TEACHER_DROPS = ("contaminated", "near_duplicate", "not_in_dataset")
 
@@ -52,6 +56,19 @@ class Build:
     stats: dict[str, Any] = field(default_factory=dict)
     report: list[dict[str, Any]] = field(default_factory=list)
     progress: BuildProgress | None = None
+    batch_rows: int = BATCH_ROWS  # traces per part of the trace stages (memory holds about one part)
+    checkpoints: Any = None  # the build's `Checkpoints`, set by the runner for the stage that runs
+    stage: str = ""
+
+    def writer(self, base: Parts | None = None, own: list[str] | None = None) -> PartsWriter:
+        """A writer of the running stage's output table (with a `base`: only the `own` columns are stored)."""
+        return self.checkpoints.writer(self.stage, base, own)
+
+    def progress_rows(self, rows: int) -> None:
+        """`rows` more rows of the running stage are done; memory freed by the part is handed back."""
+        if self.progress is not None:
+            self.progress.advance(rows)
+        release_memory()
 
     def log(self, message: str) -> None:
         """A progress line on stderr (silent with --quiet)."""
@@ -93,7 +110,7 @@ def require_hub(b: Build, needs: list[str], local_way: str) -> None:
         )
 
 
-def stage_ingest(_: pa.Table | None, b: Build) -> pa.Table:
+def stage_ingest(_: Parts | None, b: Build) -> Parts:
     """Read every source split of the recipe into one canonical table; rejects go to `rejects.parquet`."""
     hub = [f"source {s.spec}/{s.split}" for s in b.recipe.sources if b.recipe.spec_path(s.spec) is None]
     require_hub(b, hub, "give each source as NAME=PATH, e.g. --set 'sources=[{spec: medqa=data/medqa, split: train}]'")
@@ -124,7 +141,9 @@ def stage_ingest(_: pa.Table | None, b: Build) -> pa.Table:
     pq.write_table(all_rejects, b.build_dir / "rejects.parquet")
     b.stats["sources"] = per_source
     b.stats["reject_reasons"] = source_registry.Loaded(table, all_rejects).reject_counts()
-    return table
+    writer = b.writer()
+    writer.write(table)
+    return writer.close()
 
 
 def _mark_dropped(table: pa.Table, reason: pl.Expr, name: str) -> pa.Table:
@@ -135,7 +154,7 @@ def _mark_dropped(table: pa.Table, reason: pl.Expr, name: str) -> pa.Table:
     return df.to_arrow()
 
 
-def stage_decontam(table: pa.Table, b: Build) -> pa.Table:
+def stage_decontam(parts: Parts, b: Build) -> Parts:
     """`contam_*` columns against every benchmark of the recipe; contaminated questions get a drop_reason."""
     from medr1_data.benchmarks import load_benchmark
     from medr1_data.benchmarks import resolve as resolve_benchmark
@@ -150,20 +169,27 @@ def stage_decontam(table: pa.Table, b: Build) -> pa.Table:
         path = r.spec_path(spec)
         name, loaded = load_benchmark(f"{spec.partition('=')[0]}={path}" if path else spec, folder)
         benches.append((name, loaded.table))
-    table = check_input(table, contracts.QUESTIONS, "decontam stage input")
+    table = check_input(parts.read(), contracts.QUESTIONS, "decontam stage input")
     out, report = decontaminate(table, benches, r.decontam.parsed())
     b.stats["decontam"] = report
     (b.build_dir / "decontam_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     b.log(f"decontam: {report['rows_flagged']} of {report['rows']} rows match a benchmark item")
-    return _mark_dropped(out, pl.col("contaminated"), "contaminated")
+    return _write_questions(_mark_dropped(out, pl.col("contaminated"), "contaminated"), parts, b)
 
 
-def stage_dedup(table: pa.Table, b: Build) -> pa.Table:
+def _write_questions(table: pa.Table, parts: Parts, b: Build) -> Parts:
+    """A question stage's output: its new columns and `drop_reason` over its input's parts."""
+    writer = b.writer(base=parts, own=["drop_reason"])
+    writer.write_aligned(table)
+    return writer.close()
+
+
+def stage_dedup(parts: Parts, b: Build) -> Parts:
     """`dup_cluster` for every question; all but one question per cluster get a drop_reason."""
     from medr1_data.dedup import dedup
 
     settings = b.recipe.dedup.parsed()
-    out = dedup(check_input(table, contracts.QUESTIONS, "dedup stage input"), settings)
+    out = dedup(check_input(parts.read(), contracts.QUESTIONS, "dedup stage input"), settings)
     clusters = pl.from_arrow(out.select(["dup_cluster", "dup_keep"]))
     b.stats["dedup"] = {
         "questions": clusters.height,
@@ -171,7 +197,7 @@ def stage_dedup(table: pa.Table, b: Build) -> pa.Table:
         "duplicates": int((~clusters["dup_keep"]).sum()),
         "parameters": dataclasses.asdict(settings),
     }
-    return _mark_dropped(out, ~pl.col("dup_keep"), "near_duplicate")
+    return _write_questions(_mark_dropped(out, ~pl.col("dup_keep"), "near_duplicate"), parts, b)
 
 
 def require_teacher(recipe: Recipe) -> None:
@@ -193,97 +219,177 @@ def require_teacher(recipe: Recipe) -> None:
         raise Medr1Error(f"recipe {recipe.name} asks the teacher {t.model} at {t.url()}, but {why}; {local}")
 
 
-def _distill(table: pa.Table, teacher: Any, b: Build) -> pa.Table:
-    """The traces of every row (all responses present), and the model names the servers reported into `b.stats`."""
-    result = require_complete(run_distill(table, teacher, quiet=b.quiet), teacher)
-    b.stats["teacher_reported"] = result.reported_models  # model name the server reported -> traces
-    return result.table
+def _cuts(rows: int, per_part: int) -> list[int]:
+    """Part boundaries of `rows` rows, `per_part` each (at least one part)."""
+    return [*range(0, rows, per_part), rows] if rows else [0, 0]
 
 
-def stage_distill(table: pa.Table, b: Build) -> pa.Table:
-    """Teacher traces, one row per (question, sample); questions already dropped are not sent (nothing is paid)."""
-    teacher = dataclasses.replace(b.recipe.teacher, cache=str(b.recipe.resolve(b.recipe.teacher.cache)))
-    # Questions go in by id, so the traces come out in release order (id, sample_idx) whatever the sources' order.
-    table = check_input(table, contracts.DISTILL, "distill stage input")
-    if "drop_reason" not in table.column_names:
-        return _distill(table.sort_by("id"), teacher, b)
-    active = table.filter(pa.compute.is_null(table.column("drop_reason"))).sort_by("id")
-    skipped = table.filter(pa.compute.is_valid(table.column("drop_reason")))
-    traces = _distill(active.drop_columns(["drop_reason"]), teacher, b)
-    absent = pc.if_else(pc.is_valid(traces.column("error")), "not_in_dataset", pa.scalar(None, pa.string()))
-    traces = traces.append_column("drop_reason", absent)  # only a dataset teacher leaves rows without a response
-    # A dropped question stays as one row (sample 0, no trace) so that its drop is counted and written out.
+def _skipped_rows(questions: pa.Table) -> pa.Table:
+    """Questions dropped before the teacher, as trace rows: sample 0, no trace (their drop is counted)."""
     for f in TRACE_FIELDS:
-        value = (
-            pa.array([0] * skipped.num_rows, f.type) if f.name == "sample_idx" else pa.nulls(skipped.num_rows, f.type)
-        )
-        skipped = skipped.append_column(f, value)
-    return pa.concat_tables([traces, skipped.select(traces.column_names).cast(traces.schema)])
+        n = questions.num_rows
+        value = pa.array([0] * n, f.type) if f.name == "sample_idx" else pa.nulls(n, f.type)
+        questions = questions.append_column(f, value)
+    return questions
 
 
-def stage_verify(table: pa.Table, b: Build) -> pa.Table:
-    """`pred_label`, `is_correct`, `verify_reason`."""
-    return verify(check_input(table, contracts.TRACES, "verify stage input"))
+def stage_distill(parts: Parts, b: Build) -> Parts:
+    """Teacher traces, one row per (question, sample), in release order, a part of about `b.batch_rows` traces at a
+    time; questions already dropped are not sent (nothing is paid) and stay as one row each."""
+    teacher = dataclasses.replace(b.recipe.teacher, cache=str(b.recipe.resolve(b.recipe.teacher.cache)))
+    table = check_input(parts.read(), contracts.DISTILL, "distill stage input").sort_by("id")
+    if "drop_reason" not in table.column_names:
+        table = table.append_column("drop_reason", pa.nulls(table.num_rows, pa.string()))
+    per_part = max(1, b.batch_rows // teacher.samples)
+    cuts = _cuts(table.num_rows, per_part)
+    is_active = pc.is_null(table.column("drop_reason"))
+    before = pc.cumulative_sum(pc.cast(is_active, pa.int64())).to_numpy() if table.num_rows else []
+    active_cuts = [0] + [int(before[c - 1]) if c else 0 for c in cuts[1:]]
+    active = table.filter(is_active).drop_columns(["drop_reason"])
+    run = require_complete(prepare(active, active_cuts, teacher, b.build_dir / "distill-spill", quiet=b.quiet), teacher)
+    writer = b.writer()
+    try:
+        for p in range(len(cuts) - 1):
+            traces = run.traces(p)
+            absent = pc.if_else(pc.is_valid(traces.column("error")), "not_in_dataset", pa.scalar(None, pa.string()))
+            traces = traces.append_column("drop_reason", absent)  # only a dataset teacher leaves rows unanswered
+            here = table.slice(cuts[p], cuts[p + 1] - cuts[p])
+            skipped = _skipped_rows(here.filter(pc.invert(pc.is_null(here.column("drop_reason")))))
+            out = pa.concat_tables([traces, skipped.select(traces.column_names).cast(traces.schema)])
+            writer.write(take_rows(out, sort_order(out)))
+            b.progress_rows(out.num_rows)
+    finally:
+        run.close()
+    b.stats["teacher_reported"] = dict(sorted(run.reported_models.items()))  # model name reported -> traces
+    return writer.close()
 
 
-def stage_score(table: pa.Table, b: Build) -> pa.Table:
-    """The `quality` struct and `quality_score` of every trace."""
-    out = score(check_input(table, contracts.VERIFIED, "score stage input"), b.recipe.score)
-    flags = pl.from_arrow(out.select(["quality"])).select(pl.col("quality").struct.field("flags").explode())
-    b.stats["quality_flags"] = dict(flags.drop_nulls().group_by("flags").len().sort("flags").iter_rows())
+def _map_parts(parts: Parts, b: Build, fn: Callable[[pa.Table], pa.Table], read: list[str], own: list[str]) -> Parts:
+    """A trace stage part by part: `fn` over the `read` columns of each part; its `own` columns are stored."""
+    writer = b.writer(base=parts, own=own)
+    for i in range(len(parts)):
+        out = fn(parts.part(i, read))
+        writer.write(out)  # only the columns the stage added or replaced (`own`) are stored
+        b.progress_rows(out.num_rows)
+    return writer.close()
+
+
+def _columns(contract: contracts.Contract) -> list[str]:
+    return [*contract.required, *contract.optional]
+
+
+def stage_verify(parts: Parts, b: Build) -> Parts:
+    """`pred_label`, `is_correct`, `verify_reason`, a part at a time."""
+
+    def one(table: pa.Table) -> pa.Table:
+        return verify(check_input(table, contracts.TRACES, "verify stage input"))
+
+    return _map_parts(parts, b, one, _columns(contracts.TRACES), [f.name for f in VERIFY_FIELDS])
+
+
+def stage_score(parts: Parts, b: Build) -> Parts:
+    """The `quality` struct and `quality_score` of every trace, a part at a time."""
+    flags: Counter[str] = Counter()
+
+    def one(table: pa.Table) -> pa.Table:
+        out = score(check_input(table, contracts.VERIFIED, "score stage input"), b.recipe.score)
+        raised = pl.from_arrow(out.select(["quality"])).select(pl.col("quality").struct.field("flags").explode())
+        flags.update(dict(raised.drop_nulls().group_by("flags").len().iter_rows()))
+        return out
+
+    out = _map_parts(parts, b, one, _columns(contracts.VERIFIED), ["quality", "quality_score"])
+    b.stats["quality_flags"] = dict(sorted(flags.items()))
     b.stats["quality_weights"] = dict(b.recipe.score.weights)
     return out
 
 
-def stage_select(table: pa.Table, b: Build) -> pa.Table:
-    """`drop_reason` for every trace that is not kept."""
-    return select(table, b.recipe.select)
+SELECT_COLUMNS = ["id", "sample_idx", "verify_reason", "finish_reason", "reasoning", "drop_reason", "quality"]
 
 
-def _write_rows(table: pa.Table, rows: pa.Array, path: Path, group_rows: int = 16_384) -> None:
-    """The rows at `rows` of `table` as one Parquet file, taken `group_rows` at a time (one row group each)."""
-    schema = normalize(table.slice(0, 0)).schema
-    with pq.ParquetWriter(path, schema) as writer:
-        for start in range(0, max(1, len(rows)), group_rows):
-            writer.write_table(normalize(take_rows(table, rows.slice(start, group_rows))))
+def stage_select(parts: Parts, b: Build) -> Parts:
+    """`drop_reason` for every trace that is not kept (a question's samples are in one part)."""
+    read = [*SELECT_COLUMNS, "quality_score"]
+    return _map_parts(parts, b, lambda t: select(t, b.recipe.select), read, ["drop_reason"])
 
 
-def stage_shards(table: pa.Table, b: Build) -> pa.Table:
+class _RowGroups:
+    """A Parquet file written from tables that arrive in order, in row groups of exactly `group_rows` rows (so the
+    file does not depend on how the rows arrived)."""
+
+    def __init__(self, path: Path, group_rows: int = 16_384) -> None:
+        self.path, self.group_rows = path, group_rows
+        self.writer: pq.ParquetWriter | None = None
+        self.buffer: list[pa.Table] = []
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Add rows; full row groups are written."""
+        table = normalize(table)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.buffer.append(table.cast(self.writer.schema))
+        self.rows += table.num_rows
+        while self.rows >= self.group_rows:
+            self._flush(self.group_rows)
+
+    def _flush(self, n: int) -> None:
+        whole = pa.concat_tables(self.buffer)
+        assert self.writer is not None
+        self.writer.write_table(whole.slice(0, n).combine_chunks(), row_group_size=max(1, n))
+        rest = whole.slice(n)
+        self.buffer, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> None:
+        """Write the last row group and close the file."""
+        if self.rows:
+            self._flush(self.rows)
+        if self.writer is not None:
+            self.writer.close()
+
+
+INTERNAL = ["drop_reason", "error", "dup_keep", "contam_benchmark", "contam_item_id", "contam_score", "contam_rule"]
+
+
+def _write_release(parts: Parts, b: Build) -> tuple[list[dict[str, Any]], pa.Schema, pa.Table]:
+    """Kept rows (with their chat columns) to the release shards, dropped rows to `dropped.parquet`, a part at a
+    time; returns the shards' manifest entries, the release schema and the kept rows' lengths."""
+    derive = functools.partial(chat_columns, template=get_template(b.recipe.teacher.template))
+    shards = ShardWriter(b.out, b.recipe.output, derive)
+    dropped = _RowGroups(b.build_dir / "dropped.parquet")
+    lengths = []
+    try:
+        for table in parts.tables():
+            is_kept = pc.is_null(table.column("drop_reason"))
+            dropped.write(table.filter(pc.invert(is_kept)))
+            kept = table.filter(is_kept)
+            shards.write(kept.drop_columns([c for c in INTERNAL if c in kept.column_names]))
+            lengths.append(text_lengths(kept))
+            b.progress_rows(table.num_rows)
+            del table, kept
+    finally:
+        dropped.close()
+    files = shards.close()
+    assert shards.schema is not None
+    return files, shards.schema, pa.concat_tables(lengths)
+
+
+def stage_shards(parts: Parts, b: Build) -> None:
     """Write kept rows as release shards (with their chat columns) plus manifest; dropped rows and unanswered
     questions to the build folder."""
-    internal = ["drop_reason", "error", "dup_keep", "contam_benchmark", "contam_item_id", "contam_score", "contam_rule"]
-    # No copy of the table is made: kept and dropped rows are taken from it a shard or a row group at a time.
-    is_kept = pc.is_null(table.column("drop_reason")).combine_chunks()
-    if not pc.any(is_kept).as_py():
-        counts = ", ".join(f"{k} {v}" for k, v in drop_counts(table).items())
-        raise Medr1Error(f"no trace was kept ({table.num_rows} rows; dropped: {counts}); no release was written")
-    _write_rows(table, pc.indices_nonzero(pc.invert(is_kept)), b.build_dir / "dropped.parquet")
-    unanswered = unanswered_questions(table)
-    pq.write_table(normalize(unanswered), b.build_dir / "unanswered.parquet")
-    release = table.drop_columns([c for c in internal if c in table.column_names])
-    # Each shard gets its rows' `messages` and `messages_think_inline`, built from them as the shard is written.
-    derive = functools.partial(chat_columns, template=get_template(b.recipe.teacher.template))
-    schema = normalize(with_columns(release.slice(0, 0), derive)).schema
-    files = write_shards(release, b.out, b.recipe.output, rows=pc.indices_nonzero(is_kept), derive=derive)
-    manifest = write_manifest(b.out, files, schema, b.recipe.raw, b.recipe.sha256, b.recipe.version)
-    from medr1_data.card import length_stats
-
-    df = pl.from_arrow(
-        pa.table(
-            {
-                "id": table.column("id"),
-                "source": table.column("source"),
-                "source_split": table.column("source_split"),
-                "drop_reason": table.column("drop_reason"),
-            }
-        )
-    )
+    df = pl.from_arrow(parts.read(["id", "source", "source_split", "drop_reason"]))
     kept = df.filter(pl.col("drop_reason").is_null())
+    drops = dict(df.drop_nulls("drop_reason").group_by("drop_reason").len().sort("drop_reason").iter_rows())
+    if not kept.height:
+        counts = ", ".join(f"{k} {v}" for k, v in drops.items())
+        raise Medr1Error(f"no trace was kept ({df.height} rows; dropped: {counts}); no release was written")
+    unanswered = unanswered_questions(df.select("id", "source", "drop_reason").to_arrow())
+    pq.write_table(normalize(unanswered), b.build_dir / "unanswered.parquet")
+    files, schema, lengths = _write_release(parts, b)
+    manifest = write_manifest(b.out, files, schema, b.recipe.raw, b.recipe.sha256, b.recipe.version)
     not_sent = pl.col("drop_reason").is_in(PRE_TEACHER_DROPS).fill_null(False)
-    drops = drop_counts(table)
     b.stats.update(
         configs=manifest["configs"],
-        lengths=length_stats(release, mask=is_kept),
+        lengths=length_stats(lengths),
         rows=kept.height,
         bytes=sum(f["bytes"] for f in files),
         arrow_bytes=sum(f["arrow_bytes"] for f in files),
@@ -302,7 +408,6 @@ def stage_shards(table: pa.Table, b: Build) -> pa.Table:
         },
         schema=schema,
     )
-    return table
 
 
 def card_inputs(b: Build) -> dict[str, Any]:
@@ -344,15 +449,14 @@ def card_inputs(b: Build) -> dict[str, Any]:
     }
 
 
-def stage_card(table: pa.Table, b: Build) -> pa.Table:
+def stage_card(_: Parts | None, b: Build) -> None:
     """Render the dataset card from the build's numbers."""
     from medr1_data.card import render_card
 
     render_card(b.out, b.stats["schema"], card_inputs(b))
-    return table
 
 
-STAGES: dict[str, Callable[[pa.Table | None, Build], pa.Table]] = {
+STAGES: dict[str, Callable[[Any, Build], Parts | None]] = {
     "ingest": stage_ingest,
     "decontam": stage_decontam,
     "dedup": stage_dedup,

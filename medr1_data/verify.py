@@ -5,16 +5,16 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
-from medr1_data.answers import BARE_STRIP, NO_FALLBACK, REASONING_TAIL_CHARS, Extraction, extract
+from medr1_data.answers import BARE_STRIP, NO_FALLBACK, REASONING_TAIL_CHARS, extract
 from medr1_data.schema import VERIFY_FIELDS
 
 BATCH_ROWS = 32768
 
 
-def verify(table: pa.Table) -> pa.Table:
-    """Add `pred_label`, `is_correct`, `verify_reason` and `answer_source` to a table of traces."""
-    # The commonest response is the label alone: read those columnar, the same way `extract` would.
-    bare = pl.from_arrow(table.select(["response", "options"])).select(
+def _bare_labels(table: pa.Table) -> pl.Series:
+    """The label of each response that is the label alone (read columnar, the way `extract` would), else null."""
+    frame = pl.from_arrow(table.select(["response", "options"]))
+    return frame.select(
         pl.col("response")
         .fill_null("")
         .str.split("</think>")
@@ -23,33 +23,50 @@ def verify(table: pa.Table) -> pa.Table:
         .str.strip_chars(BARE_STRIP)
         .alias("bare"),
         pl.col("options").list.eval(pl.element().struct.field("label")).alias("labels"),
-    )
-    is_bare = bare.select(pl.col("labels").list.contains(pl.col("bare")))["labels"]
-    found: list[Extraction | None] = [
-        Extraction(b, "bare_label", "response") if ok else None
-        for b, ok in zip(bare["bare"].to_list(), is_bare.to_list(), strict=True)
-    ]
-    rest = [i for i, f in enumerate(found) if f is None]
-    for start in range(0, len(rest), BATCH_ROWS):  # Python objects for a batch at a time, not for every row
-        part = rest[start : start + BATCH_ROWS]
+    ).select(pl.when(pl.col("labels").list.contains(pl.col("bare"))).then(pl.col("bare")).alias("bare"))["bare"]
+
+
+def _extracted(table: pa.Table, rows: list[int]) -> tuple[list[str | None], list[str | None]]:
+    """(label, where it was found) of each of `rows` by the full extractor, its reasoning read where it may be."""
+    labels: list[str | None] = []
+    wheres: list[str | None] = []
+    retry: list[int] = []  # positions in `rows` whose response commits to nothing
+    for start in range(0, len(rows), BATCH_ROWS):  # Python objects for a batch at a time, not for every row
+        part = rows[start : start + BATCH_ROWS]
         cols = table.select(["response", "options"]).take(part).to_pydict()
-        for i, resp, opts in zip(part, cols["response"], cols["options"], strict=True):
-            found[i] = extract(resp, opts)
+        for resp, opts in zip(cols["response"], cols["options"], strict=True):
+            found = extract(resp, opts)
+            if found.label is None and found.rule not in NO_FALLBACK:
+                retry.append(len(labels))
+            labels.append(found.label)
+            wheres.append(found.where if found.label else None)
     # Only rows whose response commits to nothing fall back to the end of their reasoning; a response that names
     # several options ("B or C", "D,F,G,I") decided on no answer, and its reasoning is not read instead.
-    missing = [i for i, f in enumerate(found) if f.label is None and f.rule not in NO_FALLBACK]
-    if missing:
+    if retry:
         sub = (
-            pl.from_arrow(table.select(["response", "options", "reasoning"]))[missing]  # rows first, then the tails
+            pl.from_arrow(table.select(["response", "options", "reasoning"]))[[rows[k] for k in retry]]
             .select("response", "options", pl.col("reasoning").str.slice(-REASONING_TAIL_CHARS))
             .to_dict(as_series=False)
         )
-        for i, resp, opts, tail in zip(missing, sub["response"], sub["options"], sub["reasoning"], strict=True):
+        for k, resp, opts, tail in zip(retry, sub["response"], sub["options"], sub["reasoning"], strict=True):
             if tail:
-                found[i] = extract(resp, opts, tail)
+                found = extract(resp, opts, tail)
+                labels[k], wheres[k] = found.label, found.where if found.label else None
+    return labels, wheres
+
+
+def verify(table: pa.Table) -> pa.Table:
+    """Add `pred_label`, `is_correct`, `verify_reason` and `answer_source` to a table of traces."""
+    bare = _bare_labels(table)
+    # The commonest response is the label alone: those rows stay columnar; the others go through the extractor.
+    source = pl.select(pl.when(bare.is_not_null() & (bare != "")).then(pl.lit("response")).alias("s"))["s"]
+    rows = bare.is_null().arg_true()
+    if len(rows):
+        labels, wheres = _extracted(table, rows.to_list())
+        bare = bare.scatter(rows, pl.Series(labels, dtype=pl.String))
+        source = source.scatter(rows, pl.Series(wheres, dtype=pl.String))
     df = pl.from_arrow(table.select(["answer_label", "finish_reason", "error"])).with_columns(
-        pl.Series("pred_label", [f.label for f in found], dtype=pl.String),
-        pl.Series("answer_source", [f.where if f.label else None for f in found], dtype=pl.String),
+        bare.alias("pred_label"), source.alias("answer_source")
     )
     reason = (
         pl.when(pl.col("error").is_not_null())

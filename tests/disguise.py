@@ -60,6 +60,10 @@ _OVERLAPS = """
     Text-2353=531 Text-2355=231 Text-2391=117 Text-2395=73 Text-2445=594 Text-2446=212
 """
 MEDXPERTQA_OVERLAPS: dict[str, str] = dict(pair.split("=") for pair in _OVERLAPS.split())
+# Medbullets rows of the R1 trace file (`realidx`) that rewrite a MedQA-USMLE test case (its 0-based line), found the
+# same way before the detector saw them (the pairs with rapidfuzz ratio >= 64 or >= 3 shared options, read by hand):
+# same patient, history, vitals and answer, the vignette reworded (56: the options replaced by figure letters).
+MEDBULLETS_OVERLAPS = {22: "1142", 56: "851", 145: "724", 272: "241", 275: "724"}
 
 KINDS = (
     "verbatim",
@@ -97,134 +101,44 @@ REWORD_TEMPLATES = (
     "Which option fits best given {w}?",
 )
 SYNONYMS: dict[str, list[str]] = {
-    "patient": ["individual", "client"],
-    "man": ["male", "gentleman"],
-    "woman": ["female", "lady"],
-    "boy": ["male child"],
-    "girl": ["female child"],
-    "presents": ["comes in", "is seen"],
-    "comes": ["presents", "arrives"],
-    "brought": ["taken", "carried"],
-    "physician": ["doctor", "clinician"],
-    "doctor": ["physician"],
-    "history": ["record", "background"],
-    "shows": ["reveals", "demonstrates"],
-    "reveals": ["shows", "discloses"],
-    "examination": ["exam", "assessment"],
-    "following": ["subsequent", "listed"],
-    "most": ["greatest"],
-    "likely": ["probable"],
-    "appropriate": ["suitable", "fitting"],
-    "next": ["subsequent"],
-    "step": ["move", "action"],
-    "management": ["treatment", "care"],
-    "treatment": ["therapy", "management"],
-    "diagnosis": ["condition", "disorder"],
-    "cause": ["reason", "origin"],
-    "caused": ["produced", "brought about"],
-    "increased": ["raised", "elevated"],
-    "decreased": ["reduced", "lowered"],
-    "elevated": ["raised", "high"],
-    "low": ["reduced", "decreased"],
-    "high": ["elevated", "raised"],
-    "pain": ["discomfort", "ache"],
-    "severe": ["intense", "serious"],
-    "mild": ["slight", "minor"],
-    "acute": ["sudden", "abrupt"],
-    "chronic": ["long-standing", "persistent"],
-    "days": ["d"],
-    "weeks": ["wk"],
-    "months": ["mo"],
-    "ago": ["previously", "before"],
-    "past": ["previous", "prior"],
-    "blood": ["serum"],
-    "pressure": ["tension"],
-    "temperature": ["temp"],
-    "pulse": ["heart rate"],
-    "normal": ["typical", "unremarkable"],
-    "abnormal": ["atypical", "irregular"],
-    "small": ["little", "tiny"],
-    "large": ["big", "sizable"],
-    "common": ["frequent", "usual"],
-    "commonly": ["frequently", "usually"],
-    "rare": ["uncommon", "infrequent"],
-    "true": ["correct", "accurate"],
-    "false": ["incorrect", "untrue"],
-    "correct": ["right", "accurate"],
-    "used": ["employed", "utilized"],
-    "use": ["utilize", "employ"],
-    "drug": ["medication", "agent"],
-    "drugs": ["medications", "agents"],
-    "medication": ["drug", "medicine"],
-    "disease": ["disorder", "illness"],
-    "associated": ["linked", "connected"],
-    "seen": ["observed", "noted"],
-    "found": ["discovered", "detected"],
-    "test": ["assay", "study"],
-    "level": ["concentration", "value"],
-    "levels": ["concentrations", "values"],
-    "shortness": ["lack"],
-    "breath": ["breathing"],
-    "fever": ["pyrexia", "high temperature"],
-    "swelling": ["edema", "enlargement"],
-    "weakness": ["fatigue", "feebleness"],
-    "started": ["began", "commenced"],
-    "began": ["started"],
-    "year": ["yr"],
-    "old": ["aged"],
-    "child": ["kid", "youngster"],
-    "infant": ["baby"],
-    "mother": ["mom"],
-    "father": ["dad"],
-    "important": ["significant", "key"],
-    "effect": ["action", "result"],
-    "function": ["role", "action"],
-    "structure": ["formation"],
-    "best": ["optimal", "ideal"],
-    "first": ["initial"],
-    "after": ["following"],
-    "before": ["prior to"],
-    "during": ["throughout"],
-    "because": ["since", "as"],
-    "recent": ["latest"],
-    "recently": ["lately"],
-    "worse": ["aggravated"],
-    "worsening": ["deteriorating"],
-    "risk": ["danger", "hazard"],
-    "type": ["kind", "form"],
-    "cells": ["cytes"],
-    "cell": ["cyte"],
-    "nerve": ["neural fiber"],
-    "muscle": ["muscular tissue"],
-    "bone": ["osseous tissue"],
-    "heart": ["cardiac organ"],
-    "kidney": ["renal organ"],
-    "liver": ["hepatic organ"],
-    "lung": ["pulmonary organ"],
-    "skin": ["dermis"],
-    "infection": ["sepsis"],
-    "tumor": ["neoplasm", "mass"],
-    "cancer": ["malignancy", "carcinoma"],
-    "injury": ["trauma", "damage"],
-    "surgery": ["operation"],
-    "hospital": ["medical center"],
-    "emergency": ["urgent"],
-    "department": ["unit"],
-    "given": ["administered"],
-    "taking": ["on"],
-    "reports": ["states", "says"],
-    "states": ["reports"],
-    "denies": ["rejects"],
-    "noted": ["observed"],
-    "which": ["what"],
-    "what": ["which"],
-    "not": ["never"],
-    "except": ["but not", "other than"],
-    "all": ["every"],
-    "is": ["represents"],
-    "are": ["represent"],
-    "of": ["regarding"],
-}
+    "patient": ["individual", "client"], "man": ["male", "gentleman"], "woman": ["female", "lady"],
+    "boy": ["male child"], "girl": ["female child"], "presents": ["comes in", "is seen"],
+    "comes": ["presents", "arrives"], "brought": ["taken", "carried"], "physician": ["doctor", "clinician"],
+    "doctor": ["physician"], "history": ["record", "background"], "shows": ["reveals", "demonstrates"],
+    "reveals": ["shows", "discloses"], "examination": ["exam", "assessment"], "following": ["subsequent", "listed"],
+    "most": ["greatest"], "likely": ["probable"], "appropriate": ["suitable", "fitting"], "next": ["subsequent"],
+    "step": ["move", "action"], "management": ["treatment", "care"], "treatment": ["therapy", "management"],
+    "diagnosis": ["condition", "disorder"], "cause": ["reason", "origin"], "caused": ["produced", "brought about"],
+    "increased": ["raised", "elevated"], "decreased": ["reduced", "lowered"], "elevated": ["raised", "high"],
+    "low": ["reduced", "decreased"], "high": ["elevated", "raised"], "pain": ["discomfort", "ache"],
+    "severe": ["intense", "serious"], "mild": ["slight", "minor"], "acute": ["sudden", "abrupt"],
+    "chronic": ["long-standing", "persistent"], "days": ["d"], "weeks": ["wk"], "months": ["mo"],
+    "ago": ["previously", "before"], "past": ["previous", "prior"], "blood": ["serum"], "pressure": ["tension"],
+    "temperature": ["temp"], "pulse": ["heart rate"], "normal": ["typical", "unremarkable"],
+    "abnormal": ["atypical", "irregular"], "small": ["little", "tiny"], "large": ["big", "sizable"],
+    "common": ["frequent", "usual"], "commonly": ["frequently", "usually"], "rare": ["uncommon", "infrequent"],
+    "true": ["correct", "accurate"], "false": ["incorrect", "untrue"], "correct": ["right", "accurate"],
+    "used": ["employed", "utilized"], "use": ["utilize", "employ"], "drug": ["medication", "agent"],
+    "drugs": ["medications", "agents"], "medication": ["drug", "medicine"], "disease": ["disorder", "illness"],
+    "associated": ["linked", "connected"], "seen": ["observed", "noted"], "found": ["discovered", "detected"],
+    "test": ["assay", "study"], "level": ["concentration", "value"], "levels": ["concentrations", "values"],
+    "shortness": ["lack"], "breath": ["breathing"], "fever": ["pyrexia", "high temperature"],
+    "swelling": ["edema", "enlargement"], "weakness": ["fatigue", "feebleness"], "started": ["began", "commenced"],
+    "began": ["started"], "year": ["yr"], "old": ["aged"], "child": ["kid", "youngster"], "infant": ["baby"],
+    "mother": ["mom"], "father": ["dad"], "important": ["significant", "key"], "effect": ["action", "result"],
+    "function": ["role", "action"], "structure": ["formation"], "best": ["optimal", "ideal"], "first": ["initial"],
+    "after": ["following"], "before": ["prior to"], "during": ["throughout"], "because": ["since", "as"],
+    "recent": ["latest"], "recently": ["lately"], "worse": ["aggravated"], "worsening": ["deteriorating"],
+    "risk": ["danger", "hazard"], "type": ["kind", "form"], "cells": ["cytes"], "cell": ["cyte"],
+    "nerve": ["neural fiber"], "muscle": ["muscular tissue"], "bone": ["osseous tissue"], "heart": ["cardiac organ"],
+    "kidney": ["renal organ"], "liver": ["hepatic organ"], "lung": ["pulmonary organ"], "skin": ["dermis"],
+    "infection": ["sepsis"], "tumor": ["neoplasm", "mass"], "cancer": ["malignancy", "carcinoma"],
+    "injury": ["trauma", "damage"], "surgery": ["operation"], "hospital": ["medical center"], "emergency": ["urgent"],
+    "department": ["unit"], "given": ["administered"], "taking": ["on"], "reports": ["states", "says"],
+    "states": ["reports"], "denies": ["rejects"], "noted": ["observed"], "which": ["what"], "what": ["which"],
+    "not": ["never"], "except": ["but not", "other than"], "all": ["every"], "is": ["represents"],
+    "are": ["represent"], "of": ["regarding"],
+}  # fmt: skip
 FILLER = ("notably", "apparently", "reportedly", "clearly", "possibly", "indeed", "certainly", "basically")
 WORD = re.compile(r"\w+(?:[-']\w+)*", re.UNICODE)
 SENTENCE = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9])")
@@ -399,8 +313,9 @@ def recombine(items: list[dict[str, Any]], n: int, rng: random.Random, prefix: s
 TARGETS = ("medqa_us_test", "medmcqa_val", "pubmedqa_test", "mmlu_medical_test")
 HARD_NEGATIVES = ("medxpertqa_r_test", "medxpertqa_u_test", "medexqa_test")  # the MCQ files the generated rows mix
 TUNING_NEGATIVES = ("medxpertqa_r_test", "medxpertqa_u_test", "mmlu_medical_dev")
-HELDOUT_NEGATIVES = ("medexqa_test", "pubmedqa_nontest", "mmlu_pro_other")
+HELDOUT_NEGATIVES = ("medexqa_test", "pubmedqa_nontest", "mmlu_pro_other", "medbullets")
 MMLU_PRO_FILE = "traces/deepseek_r1_mmlu_pro_hard.json"
+MEDBULLETS_FILE = "traces/deepseek_r1_medbullets_hard.json"
 
 
 def item_id(row: dict[str, Any]) -> str:
@@ -428,8 +343,9 @@ def real_sets(data: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, li
 
     Negatives: MedXpertQA minus MEDXPERTQA_OVERLAPS; MMLU dev minus its 5 rows equal to a test row (same question and
     options); MedExpQA; PubMedQA's 500 expert-labelled non-test abstracts; MMLU-Pro's rows from MMLU subjects that are
-    no target (its `src`). Positives: the MedXpertQA overlaps, the 5 equal MMLU dev rows, and MMLU-Pro's 53 rows from
-    the six target subjects (their stems verbatim, 4-10 options).
+    no target (its `src`); the 80 distinct Medbullets questions of the R1 trace file (USMLE-style vignettes, 5 options)
+    that rewrite no MedQA test case. Positives: the MedXpertQA overlaps, the 5 equal MMLU dev rows, MMLU-Pro's 53 rows
+    from the six target subjects (their stems verbatim, 4-10 options) and the 4 Medbullets rewrites of MedQA cases.
     """
     from medr1_data.benchmarks import load_benchmark
     from medr1_data.sources import load
@@ -454,6 +370,15 @@ def real_sets(data: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, li
         opts = list(r["options"].values())
         row = _row({"context": None}, f"mmlu_pro-{r['realidx']}", r["question"], opts, r["options"][r["answer_idx"]])
         (pos["mmlu_pro_mmlu"] if r["src"] in {f"ori_mmlu-{s}" for s in SUBJECTS} else neg["mmlu_pro_other"]).append(row)
+    neg["medbullets"], pos["medbullets_medqa"] = [], []
+    seen = set()
+    for r in json.loads((data / MEDBULLETS_FILE).read_text(encoding="utf-8")):
+        opts = list(r["options"].values())
+        if (r["question"].strip(), tuple(opts)) in seen:  # 5 questions are in the file twice
+            continue
+        seen.add((r["question"].strip(), tuple(opts)))
+        row = _row({"context": None}, f"medbullets-{r['realidx']}", r["question"], opts, r["options"][r["answer_idx"]])
+        (pos["medbullets_medqa"] if r["realidx"] in MEDBULLETS_OVERLAPS else neg["medbullets"]).append(row)
     return neg, pos
 
 

@@ -266,8 +266,8 @@ def test_columnar_cache_reader_gives_the_same_traces_as_the_record_reader(
     monkeypatch.setattr(traces, "SPLIT_BATCH_ROWS", 5)  # batch edges inside the table
     columnar = d.run_distill(table, teacher)
     reader = cache_module.read_fast
-    assert reader(tmp_path / "c" / d.CACHE_FILE) is not None
-    monkeypatch.setattr(cache_module, "read_fast", lambda path: None)
+    assert reader((tmp_path / "c" / d.CACHE_FILE).read_bytes().rpartition(b"\n")[0] + b"\n") is not None
+    monkeypatch.setattr(cache_module, "read_fast", lambda block, schema=None: None)
     by_record = d.run_distill(table, teacher)
     assert columnar.missing == by_record.missing == 3 and columnar.first_missing == by_record.first_missing
     assert columnar.table.schema == by_record.table.schema
@@ -277,7 +277,7 @@ def test_columnar_cache_reader_gives_the_same_traces_as_the_record_reader(
     assert got[9]["error"] == "not in the cache (offline)" and got[9]["reasoning"] is None
     odd = tmp_path / "odd.jsonl"
     odd.write_text('{"key": "k", "usage": {"prompt_tokens": "12"}, "message": {"content": "A"}}\n')
-    assert reader(odd) is None  # a record the columnar reader cannot type: the record reader decides
+    assert reader(odd.read_bytes()) is None  # a record the columnar reader cannot type: the record reader decides
 
 
 def test_real_recipe_writes_out_every_threshold() -> None:
@@ -304,7 +304,7 @@ def test_real_recipe_writes_out_every_threshold() -> None:
 def test_verify_in_batches_equals_verify_at_once(demo, monkeypatch: pytest.MonkeyPatch) -> None:
     from medr1_data import verify as v
 
-    traces = pq.read_table(demo.build_dir / "checkpoints" / "03-distill.parquet")
+    traces = pq.read_table(demo.build_dir / "checkpoints" / "03-distill")
     whole = v.verify(traces)
     monkeypatch.setattr(v, "BATCH_ROWS", 7)
     assert v.verify(traces).equals(whole)

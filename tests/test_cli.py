@@ -182,3 +182,60 @@ def test_decontam_and_dedup_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["dedup", str(tmp_path / "d.parquet"), "--out", str(tmp_path / "u.parquet")]) == 0
     assert pq.read_table(tmp_path / "u.parquet").column("dup_keep").to_pylist() == [True] * 10
     assert main(["decontam", str(tmp_path / "q.parquet"), "--benchmark", "nosuch", "--out", "x.parquet"]) == 2
+
+
+def test_verify_and_score_stream_in_batches_with_the_same_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow as pa
+
+    from medr1_data.score import score
+    from medr1_data.verify import verify
+
+    options = [{"label": "A", "text": "Aspirin"}, {"label": "B", "text": "Heparin"}, {"label": "C", "text": "None"}]
+    responses = ["B", "The answer is A.", "", "**C**", "I think Heparin is best.", None, "A or B"]
+    rows = [
+        {
+            "id": f"q{i}",
+            "options": options,
+            "answer_label": "B",
+            "reasoning": f"Step {i}.\nSo the answer is B.\n" if i % 3 else "  \n",
+            "response": r,
+            "finish_reason": "length" if i == 2 else "stop",
+            "error": None,
+        }
+        for i, r in enumerate(responses * 3)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet", row_group_size=4)
+    whole = score(verify(pq.read_table(tmp_path / "t.parquet")))
+    for batch in ("1", "5", "1000"):
+        v, s = tmp_path / f"v{batch}.parquet", tmp_path / f"s{batch}.parquet"
+        assert main(["verify", str(tmp_path / "t.parquet"), "--out", str(v), "--batch-rows", batch]) == 0
+        assert main(["score", str(v), "--out", str(s), "--batch-rows", batch]) == 0
+        out = pq.read_table(s)
+        assert out.num_rows == len(rows) and pq.ParquetFile(s).metadata.num_row_groups == -(-len(rows) // int(batch))
+        for name in whole.column_names:
+            assert out.column(name).to_pylist() == whole.column(name).to_pylist(), name
+        assert pq.ParquetFile(s).metadata.row_group(0).column(0).compression == "ZSTD"
+    printed = capsys.readouterr().out
+    assert f"mean quality_score {pc_mean(whole):.3f} over {len(rows)} traces" in printed
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def pc_mean(table: object) -> float:
+    import pyarrow.compute as pc
+
+    return pc.mean(table.column("quality_score")).as_py()  # type: ignore[attr-defined]
+
+
+def test_verify_of_an_empty_file_writes_the_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from medr1_data.schema import OPTION
+
+    schema = pa.schema([("options", pa.list_(OPTION)), ("answer_label", pa.string()), ("response", pa.string())])
+    pq.write_table(schema.empty_table(), tmp_path / "t.parquet")
+    assert main(["verify", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "v.parquet")]) == 0
+    out = pq.read_table(tmp_path / "v.parquet")
+    assert out.num_rows == 0 and {"pred_label", "is_correct", "verify_reason"} <= set(out.column_names)
+    assert main(["verify", str(tmp_path / "t.parquet"), "--out", "x.parquet", "--batch-rows", "0"]) == 2

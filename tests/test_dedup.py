@@ -6,13 +6,16 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 from rapidfuzz import fuzz
 
-from medr1_data.dedup import DedupSettings, components, dedup
+from medr1_data import selfindex
+from medr1_data.dedup import DedupSettings, Questions, _exact_groups, _scan, components, dedup
 from medr1_data.normalize import canon_stem
 from medr1_data.schema import QUESTION_SCHEMA
+from medr1_data.selfindex import Spill
 from tests.disguise import disguise, load_sets
 from tests.test_decontam import row, table
 
@@ -104,3 +107,41 @@ def test_real_duplicates_and_disguised_copies(shared_data: Path) -> None:
     assert len(multi) < 0.03 * len(items)
     for ids in multi:
         assert all(fuzz.token_set_ratio(text[ids[0]], text[i]) >= 80 for i in ids[1:]), ids
+
+
+def _real_input(shared_data: Path) -> pa.Table:
+    """Real items and 300 disguised copies, two trace rows per question (one correct on some), ids out of order."""
+    targets, _ = load_sets(shared_data / "benchmarks")
+    items = [r for _, t in targets for r in t.to_pylist()]
+    rng = random.Random(3)
+    picked = rng.sample(items, 300)
+    copies = [disguise(it, ("verbatim", "shuffle", "recase")[k % 3], rng, f"copy-{k}") for k, it in enumerate(picked)]
+    rows = items + copies
+    rng.shuffle(rows)
+    traces = [r | {"is_correct": rng.random() < 0.3} for r in rows for _ in range(2)]
+    return pa.Table.from_pylist(traces, schema=QUESTION_SCHEMA.append(pa.field("is_correct", pa.bool_())))
+
+
+def test_batches_and_spill_partitions_do_not_change_clusters(shared_data: Path, monkeypatch: Any) -> None:
+    table = _real_input(shared_data)
+    base = dedup(table).select(["id", "dup_cluster", "dup_keep"])
+    assert 0 < (~pl.from_arrow(base)["dup_keep"]).sum() < table.num_rows // 10
+    monkeypatch.setattr(selfindex, "FEATURE_ROWS", 20_000)  # many hash partitions, spilled to disk
+    monkeypatch.setattr(selfindex, "HIT_ROWS", 5_000)  # many candidate batches
+    spilled = dedup(table, DedupSettings(batch_rows=257)).select(["id", "dup_cluster", "dup_keep"])
+    assert spilled.equals(base)
+
+
+def test_exact_groups_are_checked_on_the_text_not_only_the_hash(shared_data: Path) -> None:
+    table = _real_input(shared_data).slice(0, 3000)
+    q = Questions.of(table)
+    s = DedupSettings(batch_rows=500)
+    with_hashes = _exact_groups(q, _scan(q, s, Spill(1))[0], pl.DataFrame({"tok": ["x"], "len": [1]}), s)[0]
+    colliding = np.zeros(q.n, dtype=np.uint64)  # every question with the same hash: the text must tell them apart
+    assert (_exact_groups(q, colliding, pl.DataFrame({"tok": ["x"], "len": [q.n]}), s)[0] == with_hashes).all()
+    assert len(set(with_hashes.tolist())) < q.n  # some exact copies exist
+
+
+def test_empty_table() -> None:
+    out = dedup(QUESTION_SCHEMA.empty_table())
+    assert out.num_rows == 0 and out.column_names[-2:] == ["dup_cluster", "dup_keep"]

@@ -132,8 +132,9 @@ def test_a_damaged_checkpoint_is_not_trusted(reference: stages.Build, tmp_path: 
     out = tmp_path / "release"
     run(load_recipe("demo"), out, quiet=True)
     folder = out.parent / "release.build" / "checkpoints"
-    data = (folder / "04-verify.parquet").read_bytes()
-    (folder / "04-verify.parquet").write_bytes(data[: len(data) // 2])  # a half-written file renamed into place
+    part = folder / "04-verify" / "part-00000.parquet"
+    data = part.read_bytes()
+    part.write_bytes(data[: len(data) // 2])  # a half-written file renamed into place
     (out / "README.md").write_text("edited by hand\n")
     again = run(load_recipe("demo"), out, quiet=True)
     assert ran(again) == STAGES[STAGES.index("verify") :]
@@ -231,7 +232,7 @@ def test_resumed_build_never_asks_the_teacher_twice(reference: stages.Build, tmp
         assert len(server.calls) == calls and set(server.paid.values()) == {1}
     fresh = run(online, tmp_path / "fresh", quiet=True)  # an uninterrupted build from the same cache, no server
     assert release_bytes(out) == release_bytes(fresh.out)
-    traces = pq.read_table(out.parent / "release.build" / "checkpoints" / "03-distill.parquet")
+    traces = pq.read_table(out.parent / "release.build" / "checkpoints" / "03-distill")
     assert traces.column("error").null_count == traces.num_rows
 
 
@@ -280,7 +281,7 @@ def test_a_checkpoint_damaged_in_place_reruns_its_stage(
     """One flipped bit, same size: the checkpoint is found damaged by its sha256; no release is made from it."""
     out = tmp_path / "release"
     run(load_recipe("demo"), out, quiet=True)
-    path = out.parent / "release.build" / "checkpoints" / "03-distill.parquet"
+    path = out.parent / "release.build" / "checkpoints" / "03-distill" / "part-00000.parquet"
     data = bytearray(path.read_bytes())
     data[int(len(data) * where)] ^= 0x01
     path.write_bytes(bytes(data))
@@ -291,3 +292,18 @@ def test_a_checkpoint_damaged_in_place_reruns_its_stage(
     assert "checkpoint of distill is damaged" in capsys.readouterr().err
     assert ran(again) == STAGES[STAGES.index("distill") :]
     assert release_bytes(out) == release_bytes(reference.out)
+
+
+def test_release_does_not_depend_on_the_batch_size(tmp_path: Path) -> None:
+    """The demo built with parts of 7 traces and with the default: the same shards, manifest and card, byte for byte;
+    the small batch really cuts the trace stages into many parts."""
+    small = run(load_recipe("demo"), tmp_path / "small" / "release", quiet=True, batch_rows=7)
+    whole = run(load_recipe("demo"), tmp_path / "whole" / "release", quiet=True)
+    parts = sorted((small.build_dir / "checkpoints" / "03-distill").glob("part-*.parquet"))
+    assert len(parts) > 3
+    files = sorted(p.relative_to(small.out) for p in small.out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(whole.out) for p in whole.out.rglob("*") if p.is_file())
+    for name in files:
+        assert (small.out / name).read_bytes() == (whole.out / name).read_bytes(), name
+    dropped = [pq.read_table(b.build_dir / "dropped.parquet") for b in (small, whole)]
+    assert dropped[0].equals(dropped[1]) and dropped[0].num_rows > 0

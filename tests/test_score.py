@@ -104,3 +104,24 @@ def test_select_drops_quality_rejects_with_their_flag() -> None:
     table = score(verify(pa.Table.from_pylist([{**rows[0], "reasoning": "B."}])), lowered)
     out = select(table, SelectSettings(min_quality=0.6, reject_flags=[]))
     assert out.column("drop_reason").to_pylist() == ["low_quality_score"]
+
+
+@pytest.mark.parametrize("blank", ["", " \n\t", "\u00a0\u2003\u3000", "\r\n\u2028"])
+def test_white_space_of_any_script_is_blank(blank: str) -> None:
+    # A reasoning or response of white space only (Unicode White_Space, as str.strip_chars reads it) is empty.
+    reasoning = "Findings fit.\nSo the answer is B.\n" + "y" * 200
+    empty_reasoning, empty_response = _scored([_trace(blank, "B"), _trace(reasoning, blank)])
+    assert "malformed" in empty_reasoning["quality"]["flags"]
+    assert empty_response["quality"]["truncated"] and not empty_response["quality"]["malformed"]
+    visible = _scored([_trace("\u200b" + reasoning, "B")])[0]  # a zero-width space is no white space
+    assert not visible["quality"]["malformed"]
+
+
+def test_loops_count_stripped_lines_of_the_minimum_length() -> None:
+    line = "Check the renal function again before dosing."
+    reasoning = "\n".join([line, f"  {line}\t", line, "short line", "short line", "short line", line]) + "\nanswer is B"
+    q = _scored([_trace(reasoning, "B")], ScoreSettings(loop_line_chars=20))[0]["quality"]
+    assert q["max_line_repeats"] == 4 and "repetition" in q["flags"]
+    q = _scored([_trace(reasoning, "B")], ScoreSettings(loop_line_chars=5))[0]["quality"]
+    assert q["max_line_repeats"] == 4
+    assert _scored([_trace("x" * 10, "B")])[0]["quality"]["max_line_repeats"] == 0

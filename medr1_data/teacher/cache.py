@@ -6,16 +6,15 @@ commit), so a process killed even by `kill -9` loses only responses that had not
 line (a killed writer) is skipped by the readers and cut before the next append. Failures are never cached: they go
 to `<cache>/errors.jsonl` (a log) and the next run asks for them again.
 
-Reading: `ResponseCache.read_columns` gives the fields the traces need as one Arrow table (C++ JSON reader; records
-it cannot type are read line by line into the same table), `ResponseCache.load` gives whole records by key. When a
-key occurs twice, the last record wins.
+Reading: `ResponseCache.scan` gives the fields the traces need as Arrow tables, a block of lines at a time (C++ JSON
+reader; a block with a record it cannot type is read line by line into the same columns), `read_columns` all of
+them at once, `ResponseCache.load` whole records by key. When a key occurs twice, the last record wins.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import mmap
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from medr1_data.teacher.settings import TeacherSettings
 
 CACHE_FILE = "responses.jsonl"
 ERRORS_FILE = "errors.jsonl"
+SCAN_BLOCK_BYTES = 16 << 20  # the reader parses the file a block of lines at a time
 MESSAGE_TYPE = pa.struct([("content", pa.string()), ("reasoning_content", pa.string()), ("reasoning", pa.string())])
 CACHE_COLUMNS = pa.schema(
     [
@@ -145,13 +145,18 @@ class ResponseCache:
         finally:
             writer.close()
 
-    def read_columns(self) -> pa.Table:
-        """The fields of every complete record that the traces need (`CACHE_COLUMNS`), in file order."""
-        table = read_fast(self.path)
-        if table is not None:
-            return table
-        rows = [_columns_of(rec) for rec in self.records()]
-        return pa.Table.from_pylist(rows, schema=CACHE_COLUMNS)
+    def scan(self, start: int = 0, schema: pa.Schema = CACHE_COLUMNS) -> tuple[int, Iterator[pa.Table]]:
+        """(end, blocks): the `schema` fields of the complete records from offset `start` to `end`, in file order,
+        a block of about `SCAN_BLOCK_BYTES` at a time (memory holds a block, not the file)."""
+        end = complete_end(self.path)
+        if end <= start:
+            return start, iter(())
+        return end, scan_blocks(self.path, start, end, schema)
+
+    def read_columns(self, schema: pa.Schema = CACHE_COLUMNS) -> pa.Table:
+        """The `schema` fields of every complete record (by default all that the traces need), in file order."""
+        tables = list(self.scan(0, schema)[1])
+        return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def lock_cache(cache: ResponseCache) -> FileLock:
@@ -186,35 +191,77 @@ def _columns_of(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_fast(path: Path) -> pa.Table | None:
-    """`read_columns` in C++ (no Python object per record); None when a record does not fit `CACHE_COLUMNS`'s
-    types (the caller then reads the records one by one). A half-written last line is left out."""
-    if not path.exists() or path.stat().st_size == 0:
-        return CACHE_COLUMNS.empty_table()
+def read_fast(block: bytes, schema: pa.Schema = CACHE_COLUMNS) -> pa.Table | None:
+    """The `schema` fields of a block of complete cache lines, in C++ (no Python object per record); None when a
+    record does not fit the schema's types (the caller then reads the block record by record)."""
     options = {
-        "read_options": pa_json.ReadOptions(block_size=16 << 20),
-        "parse_options": pa_json.ParseOptions(explicit_schema=CACHE_COLUMNS, unexpected_field_behavior="ignore"),
+        "read_options": pa_json.ReadOptions(block_size=max(1 << 20, len(block) + 1)),
+        "parse_options": pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
     }
-    errors = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+    try:
+        return pa_json.read_json(pa.BufferReader(block), **options)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+
+
+def _read_slow(block: bytes, path: Path, first_line: int | None, schema: pa.Schema) -> pa.Table:
+    """`read_fast` record by record (for records the C++ reader cannot type); a bad line raises."""
+    rows = []
+    for n, line in enumerate(block.splitlines(), start=first_line or 0):
+        if not line.strip():
+            continue
+        try:
+            rec = loads_json(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            rec = None
+        if not isinstance(rec, dict) or "key" not in rec:
+            where = f"line {n}" if first_line else "a line appended during this run"
+            raise Medr1Error(f"{path}: {where} is not a cache record")
+        rows.append({k: v for k, v in _columns_of(rec).items() if k in schema.names})
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def complete_end(path: Path) -> int:
+    """The offset just after the last complete line of the file (a half-written last line is not counted)."""
+    if not path.exists():
+        return 0
     with path.open("rb") as f:
-        f.seek(-1, os.SEEK_END)
-        complete = f.read(1) == b"\n"
-    if complete:  # streamed from the file in blocks: the file's pages are not mapped into this process
-        try:
-            return pa_json.read_json(path, **options)
-        except errors:
-            return None
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        end = mm.rfind(b"\n") + 1
-        if end == 0:
-            return CACHE_COLUMNS.empty_table()
-        view = memoryview(mm)
-        try:
-            return pa_json.read_json(pa.BufferReader(pa.py_buffer(view[:end])), **options).combine_chunks()
-        except errors:
-            return None
-        finally:
-            view.release()
+        size = f.seek(0, os.SEEK_END)
+        block = 1 << 16
+        while size:
+            start = max(0, size - block)
+            f.seek(start)
+            cut = f.read(size - start).rfind(b"\n")
+            if cut >= 0:
+                return start + cut + 1
+            if start == 0:
+                return 0
+            size, block = start, block * 2
+    return 0
+
+
+def scan_blocks(path: Path, start: int, end: int, schema: pa.Schema = CACHE_COLUMNS) -> Iterator[pa.Table]:
+    """The `schema` fields of the records between two line starts of the file, a block of lines at a time."""
+    with path.open("rb") as f:
+        f.seek(start)
+        line = 1 if start == 0 else None  # line numbers are known when the scan starts at the top
+        pos, carry = start, b""
+        while pos < end:
+            data = f.read(min(SCAN_BLOCK_BYTES, end - pos))
+            if not data:
+                break
+            pos += len(data)
+            block = carry + data
+            cut = block.rfind(b"\n") + 1
+            block, carry = block[:cut], block[cut:]
+            if not block:
+                continue
+            table = read_fast(block, schema)
+            if table is None:
+                table = _read_slow(block, path, line, schema)
+            if line is not None:
+                line += block.count(b"\n")
+            yield table
 
 
 class CacheWriter:

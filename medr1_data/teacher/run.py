@@ -16,9 +16,12 @@ import asyncio
 import contextlib
 import signal
 import sys
+import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -26,12 +29,116 @@ import pyarrow.compute as pc
 
 from medr1_data import Medr1Error
 from medr1_data.progress import LiveLine
+from medr1_data.prompts import get_template
 from medr1_data.teacher.cache import CacheWriter, ResponseCache, lock_cache
 from medr1_data.teacher.client import Fatal, RunStats, TeacherClient, api_key, progress_line
-from medr1_data.teacher.plan import Job, missing_jobs, plan_requests
+from medr1_data.teacher.plan import Job
 from medr1_data.teacher.prices import RETIRED
 from medr1_data.teacher.settings import TeacherSettings
+from medr1_data.teacher.spill import Spill, part_plan, plan_keys
 from medr1_data.teacher.traces import assemble
+
+R = TypeVar("R", "Prepared", "DistillResult")
+
+
+@dataclass
+class Prepared:
+    """A distill run whose responses are in the cache or known to be missing: its traces, a partition at a time.
+
+    `cuts` cut the questions into partitions (rows `cuts[p]` to `cuts[p + 1]`); `traces(p)` assembles one."""
+
+    questions: pa.Table
+    cuts: list[int]
+    teacher: TeacherSettings
+    keys: pl.DataFrame
+    spill: Spill
+    stats: RunStats
+    errors: dict[str, str]
+    missing: int = 0
+    first_missing: tuple[str, int] | None = None
+    reported_models: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rows(self) -> int:
+        """Planned rows (question x sample)."""
+        return self.keys.height
+
+    def first_error(self) -> str:
+        """Why the first missing response is missing."""
+        missing = self.spill.missing()
+        return self.errors.get(missing[0], "missing") if len(missing) else "?"
+
+    def traces(self, p: int) -> pa.Table:
+        """The traces of partition `p`: one row per (question, sample), `error` where no response is cached."""
+        records = self.spill.read(p)
+        plan = part_plan(self.keys, p)
+        self.reported_models.update(reported_models(records, [k for _, _, k in plan.requests], self.teacher.model))
+        part = self.questions.slice(self.cuts[p], self.cuts[p + 1] - self.cuts[p])
+        return assemble(part, plan, [records], self.errors, self.teacher).table
+
+    def close(self) -> None:
+        """Remove the spill files."""
+        self.spill.remove()
+
+
+def prepare(
+    questions: pa.Table,
+    cuts: list[int],
+    teacher: TeacherSettings,
+    workdir: Path,
+    *,
+    quiet: bool = False,
+    progress_stream: IO[str] | None = None,
+    progress_interval: float | None = None,
+) -> Prepared:
+    """Plan every request, read the cache once (its records spilled by partition under `workdir`), fetch what it
+    lacks (unless `offline`) and read the new records. Progress goes to `progress_stream` (stderr) unless `quiet`."""
+    teacher.check()
+    keys = plan_keys(questions, cuts, teacher)
+    cache = ResponseCache(teacher.cache)
+    spill = Spill(workdir, keys)
+    end = spill.scan(cache)
+    missing = spill.missing()
+    stats = RunStats(total=keys["key"].n_unique(), to_fetch=len(missing))
+    stats.cached_before = stats.total - stats.to_fetch
+    errors: dict[str, str] = {}
+    if len(missing) and (teacher.endpoint == "dataset" or not teacher.offline):
+        jobs = jobs_for(questions, cuts, keys, missing, teacher)
+        if teacher.endpoint == "dataset":
+            from medr1_data.teacher.importer import import_responses
+
+            errors = import_responses(jobs, questions, teacher, stats)
+        else:
+            stream = None if quiet else (progress_stream or sys.stderr)
+            errors = _fetch(jobs, teacher, stats, stream, progress_interval)
+        spill.scan(cache, end)  # the new responses are at the end of the file now
+    elif len(missing):
+        errors = dict.fromkeys(missing.to_list(), "not in the cache (offline)")
+    spill.close()
+    run = Prepared(questions, cuts, teacher, keys, spill, stats, errors)
+    still = set(spill.missing().to_list())
+    if still:
+        first = keys.filter(pl.col("key").is_in(list(still))).row(0, named=True)
+        run.first_missing = (questions.column("id")[cuts[first["part"]] + first["row"]].as_py(), first["sample"])
+        run.missing = keys.filter(pl.col("key").is_in(list(still))).height
+    return run
+
+
+def jobs_for(
+    questions: pa.Table, cuts: list[int], keys: pl.DataFrame, missing: pl.Series, teacher: TeacherSettings
+) -> list[Job]:
+    """One job per missing key (its first row in question order), with the messages of its question."""
+    first = keys.filter(pl.col("key").is_in(missing.implode())).unique("key", keep="first", maintain_order=True)
+    starts = pl.Series(cuts[:-1], dtype=pl.Int64)
+    rows = (first["row"].cast(pl.Int64) + starts.gather(first["part"])).to_list()
+    cols = questions.select(["id", "question", "options", "context"]).take(pa.array(rows, pa.int64())).to_pydict()
+    template = get_template(teacher.template)
+    return [
+        Job(key, template.messages(q, o, c), sample, qid)
+        for key, sample, qid, q, o, c in zip(
+            first["key"], first["sample"], cols["id"], cols["question"], cols["options"], cols["context"], strict=True
+        )
+    ]
 
 
 @dataclass
@@ -43,6 +150,16 @@ class DistillResult:
     missing: int
     first_missing: tuple[str, int] | None = None
     reported_models: dict[str, int] = field(default_factory=dict)  # model name the server reported -> traces
+
+    @property
+    def rows(self) -> int:
+        """Rows (question x sample)."""
+        return self.table.num_rows
+
+    def first_error(self) -> str:
+        """Why the first missing response is missing."""
+        errs = self.table.column("error").drop_null()
+        return errs[0].as_py() if len(errs) else "?"
 
     def summary(self) -> list[tuple[str, str]]:
         """(what, value) rows for the final summary."""
@@ -85,32 +202,21 @@ def run_distill(
     progress_stream: IO[str] | None = None,
     progress_interval: float | None = None,
 ) -> DistillResult:
-    """Fetch what the cache lacks (unless `offline`), then one row per (question, sample) with `error` where the
-    request still failed. Progress goes to `progress_stream` (stderr by default) unless `quiet`."""
-    teacher.check()
-    plan = plan_requests(table, teacher)
-    cache = ResponseCache(teacher.cache)
-    columns = cache.read_columns()
-    jobs = missing_jobs(table, plan, set(columns.column("key").to_pylist()))
-    stats = RunStats(total=len({k for _, _, k in plan.requests}), to_fetch=len(jobs))
-    stats.cached_before = stats.total - stats.to_fetch
-    errors: dict[str, str] = {}
-    if jobs and teacher.endpoint == "dataset":
-        from medr1_data.teacher.importer import import_responses
-
-        errors = import_responses(jobs, table, teacher, stats)
-        columns = cache.read_columns()
-    elif jobs and not teacher.offline:
-        del columns
-        errors = _fetch(jobs, teacher, stats, None if quiet else (progress_stream or sys.stderr), progress_interval)
-        columns = cache.read_columns()  # the new responses are in the file now
-    elif jobs:
-        errors = {j.key: "not in the cache (offline)" for j in jobs}
-    reported = reported_models(columns, [k for _, _, k in plan.requests], teacher.model)
-    holder = [columns]
-    del columns
-    done = assemble(table, plan, holder, errors, teacher)
-    return DistillResult(done.table, stats, done.missing, done.first_missing, reported)
+    """Fetch what the cache lacks (unless `offline`), then one row per (question, sample) of `table`, in its order,
+    with `error` where the request still failed. Progress goes to `progress_stream` (stderr) unless `quiet`."""
+    with tempfile.TemporaryDirectory(prefix="medr1-distill-") as tmp:
+        run = prepare(
+            table,
+            [0, table.num_rows],
+            teacher,
+            Path(tmp) / "spill",
+            quiet=quiet,
+            progress_stream=progress_stream,
+            progress_interval=progress_interval,
+        )
+        traces = run.traces(0)
+        run.close()
+    return DistillResult(traces, run.stats, run.missing, run.first_missing, dict(sorted(run.reported_models.items())))
 
 
 NOT_RECORDED = "(not recorded)"
@@ -222,25 +328,20 @@ def distill(table: pa.Table, teacher: TeacherSettings, *, quiet: bool = False) -
     return require_complete(run_distill(table, teacher, quiet=quiet), teacher).table
 
 
-def require_complete(result: DistillResult, teacher: TeacherSettings) -> DistillResult:
+def require_complete(result: R, teacher: TeacherSettings) -> R:
     """The result when every planned row has its response (or, for a dataset teacher, what it had); a Medr1Error
     naming how many are missing otherwise."""
     if result.missing and teacher.endpoint != "dataset":
+        assert result.first_missing is not None
         first, sample = result.first_missing
-        total = result.table.num_rows
         if teacher.offline:
             raise Medr1Error(
-                f"{teacher.cache}: {result.missing} of {total} teacher responses are not in the cache "
+                f"{teacher.cache}: {result.missing} of {result.rows} teacher responses are not in the cache "
                 f"(first: {first} sample {sample}); this build runs offline from recorded responses"
             )
         stopped = f"; stopped early: {result.stats.stopped}" if result.stats.stopped else ""
         raise Medr1Error(
-            f"{teacher.cache}: {result.missing} of {total} teacher responses are still missing after the run "
-            f"(first: {first} sample {sample}: {_first_error(result.table)}){stopped}; rerun to request them again"
+            f"{teacher.cache}: {result.missing} of {result.rows} teacher responses are still missing after the run "
+            f"(first: {first} sample {sample}: {result.first_error()}){stopped}; rerun to request them again"
         )
     return result
-
-
-def _first_error(table: pa.Table) -> str:
-    errs = table.column("error").drop_null()
-    return errs[0].as_py() if len(errs) else "?"

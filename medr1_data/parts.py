@@ -1,0 +1,155 @@
+"""A table kept on disk as ordered parts: a stage writes its output a part at a time, the next reads it so.
+
+A table is a list of Parquet files whose rows, in file order, are the table's rows. A stage that adds or replaces
+columns of its input writes only those columns, a part for each part of its input with the same rows, and names its
+input as its base: part i is then the base's part i with the stage's columns over it, so verify, score and select
+write kilobytes, not the traces' text again. Each file's size and sha256 are recorded when it is written; a reader
+checks them (`damaged`) before it trusts the table. Memory holds one part, never the whole table, unless a caller
+asks for it (`read`, for small columns or question tables).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Parts are read back by this machine only: zstd level 1 writes ~3x faster than the release shards' level.
+COMPRESSION = {"compression": "zstd", "compression_level": 1}
+
+
+@dataclass
+class Parts:
+    """A table as part files under `folder`: `files` (name, rows, bytes, sha256), its `columns` in order, the
+    `own` columns its files hold, and the `base` table that holds the others."""
+
+    folder: Path
+    files: list[dict[str, Any]]
+    columns: list[str]
+    own: list[str]
+    base: Parts | None = None
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the whole table."""
+        return sum(f["rows"] for f in self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def part(self, i: int, columns: list[str] | None = None) -> pa.Table:
+        """Part `i` (all columns, or those of `columns` that the table has, in the table's order)."""
+        wanted = set(self.columns if columns is None else columns)
+        names = [c for c in self.columns if c in wanted]
+        mine = [c for c in names if c in self.own]
+        own = pq.read_table(self.folder / self.files[i]["name"], columns=mine)
+        rest = [c for c in names if c not in self.own]
+        if not rest:
+            return own.select(names)
+        assert self.base is not None, f"{self.files[i]['name']}: columns {rest} have no base"
+        base = self.base.part(i, rest)
+        fields = [own.schema.field(c) if c in self.own else base.schema.field(c) for c in names]
+        arrays = [own.column(c) if c in self.own else base.column(c) for c in names]
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+    def tables(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """Every part in order."""
+        for i in range(len(self)):
+            yield self.part(i, columns)
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """The whole table (or some of its columns) in memory: for question tables and small columns only."""
+        tables = list(self.tables(columns))
+        return pa.concat_tables(tables) if tables else pa.table({})
+
+    def has(self, column: str) -> bool:
+        """Whether the table has `column`."""
+        return column in self.columns
+
+    def entry(self) -> dict[str, Any]:
+        """The JSON record of this table (file names relative to `folder`)."""
+        return {
+            "files": self.files,
+            "columns": self.columns,
+            "own": self.own,
+            "base": self.base.entry() if self.base is not None else None,
+        }
+
+    @classmethod
+    def from_entry(cls, folder: Path, entry: dict[str, Any]) -> Parts:
+        """The table an `entry` record names."""
+        base = cls.from_entry(folder, entry["base"]) if entry.get("base") else None
+        return cls(Path(folder), entry["files"], entry["columns"], entry["own"], base)
+
+    def damaged(self, digest: Any) -> str | None:
+        """The first file of this table (or of its bases) whose size or `digest(path)` changed, or None."""
+        for f in self.files:
+            path = self.folder / f["name"]
+            if not path.is_file() or path.stat().st_size != f["bytes"] or digest(path) != f["sha256"]:
+                return str(path)
+        return self.base.damaged(digest) if self.base is not None else None
+
+
+@dataclass
+class PartsWriter:
+    """Writes one table's parts as `<name>/part-NNNNN.parquet` under `folder`; `close` gives the `Parts`.
+
+    With a `base`, each part written holds the columns of `own` (new or replaced ones) and must have the rows of
+    the base's part of the same number; `write_aligned` cuts a whole table along the base's parts.
+    """
+
+    folder: Path
+    name: str
+    base: Parts | None = None
+    own: list[str] | None = None
+    sha256: Any = None  # path -> hex digest (shards.sha256_file), given by the caller
+    files: list[dict[str, Any]] = field(default_factory=list)
+    columns: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        target = self.folder / self.name
+        target.mkdir(parents=True, exist_ok=True)
+        for old in target.glob("part-*.parquet*"):
+            old.unlink()
+
+    def write(self, table: pa.Table) -> None:
+        """Write the next part (a stage's whole output for those rows: only the `own` columns are stored)."""
+        i = len(self.files)
+        if self.columns is None:
+            base_columns = self.base.columns if self.base is not None else []
+            new = [c for c in table.column_names if c not in base_columns]
+            self.own = list(dict.fromkeys([*(self.own or []), *new])) if self.base is not None else table.column_names
+            self.columns = [*base_columns, *new] if self.base is not None else table.column_names
+        if self.base is not None:
+            expected = self.base.files[i]["rows"]
+            assert table.num_rows == expected, f"part {i}: {table.num_rows} rows, its base part has {expected}"
+        stored = table.select(self.own)
+        path = self.folder / self.name / f"part-{i:05d}.parquet"
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(stored, tmp, **COMPRESSION)
+        os.replace(tmp, path)
+        entry = {"name": f"{self.name}/{path.name}", "rows": table.num_rows, "bytes": path.stat().st_size}
+        entry["sha256"] = self.sha256(path)
+        self.files.append(entry)
+
+    def write_aligned(self, table: pa.Table) -> None:
+        """Write a whole table as parts cut where the base's parts are cut (one part without a base)."""
+        if self.base is None:
+            self.write(table)
+            return
+        offset = 0
+        for f in self.base.files:
+            self.write(table.slice(offset, f["rows"]))
+            offset += f["rows"]
+
+    def close(self, schema_of_empty: pa.Table | None = None) -> Parts:
+        """The table written (an empty table with no parts keeps the columns of `schema_of_empty`)."""
+        if self.columns is None:
+            self.write(schema_of_empty if schema_of_empty is not None else pa.table({}))
+        assert self.columns is not None and self.own is not None
+        return Parts(self.folder, self.files, self.columns, self.own, self.base)
