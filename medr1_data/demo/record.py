@@ -17,11 +17,14 @@ def demo_records() -> list[dict]:
     """Cache records for every (demo question, sample), keyed exactly as the distill stage will look them up."""
     import tempfile
 
+    from medr1_data.checkpoints import Checkpoints
     from medr1_data.stages import Build
 
     recipe = load_recipe("demo")
     with tempfile.TemporaryDirectory() as tmp:
-        questions = stage_ingest(None, Build(recipe, Path(tmp), Path(tmp), quiet=True))
+        b = Build(recipe, Path(tmp), Path(tmp), quiet=True, checkpoints=Checkpoints(Path(tmp), ["ingest"]))
+        b.stage = "ingest"
+        questions = stage_ingest(None, b).read()
     traces = {}
     for line in (DEMO / "traces.jsonl").read_text(encoding="utf-8").splitlines():
         t = json.loads(line)
