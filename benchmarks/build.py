@@ -1,6 +1,7 @@
 """The whole build at scale, offline: N generated questions and N recorded teacher responses -> release + card.
 
-Usage: python benchmarks/build.py --rows 170000 [--json OUT.json] [--keep DIR] [--seed 0]
+Usage: python benchmarks/build.py --rows 170000 [--rows 500000 ...] [--json OUT.json] [--keep DIR] [--seed 0]
+       [--no-second-build] [--max-rss-gb 8]
 
 Generates N questions in the sources' native formats (MedQA JSON lines, MedMCQA JSON lines, PubMedQA
 `ori_pqal.json` + `test_ground_truth.json`, about 6 / 90 / 4 %, 1 % near-duplicates), a small benchmark test file
@@ -8,10 +9,10 @@ Generates N questions in the sources' native formats (MedQA JSON lines, MedMCQA 
 the response-cache format (about 5K characters of reasoning; about 15 % wrong answers, 2 % truncated), writes a
 recipe pointing at them, then runs `medr1-data build --recipe THAT --quiet` in a fresh process. It prints each
 stage's seconds and peak RSS from `build_report.json`, the build's wall time and peak RSS (the child's
-`ru_maxrss`), and, as a baseline measured in the same run, the bare I/O floor: polars reading the response cache
-and writing one zstd Parquet file of it, which any build has to do. Then it runs the build again on the same
+`ru_maxrss`), and, as a baseline measured in the same run, the bare I/O floor: polars streaming the response cache
+into one zstd Parquet file, which any build has to do. Then it runs the build again on the same
 folder: every stage is served from its checkpoint (the resume path), and the two builds' shard checksums must
-match.
+match. With several --rows it does all of this for each size and ends with one table of them side by side.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -306,13 +308,12 @@ def write_cache(recipe_path: Path, seed: int = 0) -> int:
     import orjson
 
     from medr1_data.recipe import load_recipe
-    from medr1_data.stages import Build, stage_ingest
+    from medr1_data.stages import recipe_questions
     from medr1_data.teacher import ResponseCache, cache_record, plan_requests
 
     rng = random.Random(seed + 1)
     recipe = load_recipe(str(recipe_path))
-    with tempfile.TemporaryDirectory() as tmp:
-        questions = stage_ingest(None, Build(recipe, Path(tmp), Path(tmp), quiet=True))
+    questions = recipe_questions(recipe)
     labels = questions.column("answer_label").to_pylist()
     options = questions.column("options").to_pylist()
     pool = [_sentence(rng, 10, 22) for _ in range(20_000)]
@@ -381,60 +382,56 @@ def done(out: Path) -> str:
     return ", ".join(p.stem.split("-", 1)[1] for p in sorted(folder.glob("*.json"))) or "none"
 
 
-def floor(recipe_path: Path, tmp: Path) -> tuple[float, int]:
-    """The I/O floor: polars reads the response cache and writes it as one zstd Parquet file."""
+def floor(recipe_path: Path, tmp: Path) -> float:
+    """The I/O floor: polars streams the response cache into one zstd Parquet file (bounded memory, like the build)."""
     import polars as pl
 
     start = time.perf_counter()
-    df = pl.read_ndjson(recipe_path.parent / "cache" / "responses.jsonl")
-    df.write_parquet(tmp / "floor.parquet", compression="zstd")
-    return time.perf_counter() - start, df.height
+    pl.scan_ndjson(recipe_path.parent / "cache" / "responses.jsonl").sink_parquet(tmp / "floor.parquet")
+    seconds = time.perf_counter() - start
+    (tmp / "floor.parquet").unlink()
+    return seconds
 
 
-def main() -> None:
-    """Generate, build, rebuild from checkpoints; print the tables; optionally write --json."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=170_000)
-    p.add_argument("--json", type=Path, help="write {rows, seconds, peak_rss_mb, stages} here")
-    p.add_argument("--keep", type=Path, help="generate into this folder and keep it (default: a temporary one)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-second-build", action="store_true", help="skip the second full build (byte-identity check)")
-    p.add_argument("--until", metavar="STAGE", help="stop the builds after this stage")
-    p.add_argument("--max-rss-gb", type=float, default=math.inf, help="kill the build when its RSS passes this")
-    args = p.parse_args()
-
-    with tempfile.TemporaryDirectory(dir=args.keep.parent if args.keep else None) as tmp_name:
-        work = args.keep or Path(tmp_name)
-        work.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        recipe_path, _ = generate(work, args.rows, args.seed)
+def measure(rows: int, args: argparse.Namespace, work: Path) -> dict:
+    """Generate `rows` questions and responses in `work`, build, rebuild from checkpoints; print one size's tables."""
+    t0 = time.perf_counter()
+    recipe_path = work / "recipe.yaml"
+    cache = work / "cache" / "responses.jsonl"
+    if (work / "generated").is_file():  # a --keep folder generated before: reuse its inputs, remove its builds
+        n_cache = int((work / "generated").read_text())
+        for old in ("release", "release.build", "fresh", "fresh.build"):
+            shutil.rmtree(work / old, ignore_errors=True)
+    else:
+        recipe_path, _ = generate(work, rows, args.seed)
         n_cache = write_cache(recipe_path, args.seed)
-        gen_s = time.perf_counter() - t0
-        cache_mb = (work / "cache" / "responses.jsonl").stat().st_size / 1e6
-        load = os.getloadavg()[0]
-        print(f"generated {args.rows} questions and {n_cache} responses ({cache_mb:,.0f} MB cache) in {gen_s:.0f}s")
-
-        out = work / "release"
-        limit = args.max_rss_gb * 1024
-        seconds, sampled_mb, report = run_build(recipe_path, out, args.until, limit)
-        complete = report["complete"]
-        first_manifest = (out / "manifest.json").read_bytes() if complete else b'{"files": []}'
-        floor_s, _ = floor(recipe_path, work)
-        again_s, _, again = run_build(recipe_path, out, args.until, limit)
-        same = not complete or (out / "manifest.json").read_bytes() == first_manifest
-        fresh_s, same_fresh = math.nan, None
-        if complete and not args.no_second_build:  # a second build from scratch, in another folder
-            fresh_s, _, _ = run_build(recipe_path, work / "fresh", args.until, limit)
-            fresh = json.loads((work / "fresh" / "manifest.json").read_text())["files"]
-            same_fresh = [f["sha256"] for f in fresh] == [f["sha256"] for f in json.loads(first_manifest)["files"]]
-        manifest = json.loads(first_manifest)
-        load_after = os.getloadavg()[0]
+        (work / "generated").write_text(str(n_cache))
+    cache_mb = cache.stat().st_size / 1e6
+    print(
+        f"\n## {rows:,} rows: generated {n_cache:,} responses ({cache_mb:,.0f} MB cache) in "
+        f"{time.perf_counter() - t0:.0f}s",
+        flush=True,
+    )
+    load = os.getloadavg()[0]
+    out = work / "release"
+    limit = args.max_rss_gb * 1024
+    seconds, sampled_mb, report = run_build(recipe_path, out, args.until, limit)
+    complete = report["complete"]
+    first_manifest = (out / "manifest.json").read_bytes() if complete else b'{"files": []}'
+    floor_s = floor(recipe_path, work)
+    again_s, _, again = run_build(recipe_path, out, args.until, limit)
+    same = not complete or (out / "manifest.json").read_bytes() == first_manifest
+    fresh_s, same_fresh = math.nan, None
+    if complete and not args.no_second_build:  # a second build from scratch, in another folder
+        fresh_s, _, _ = run_build(recipe_path, work / "fresh", args.until, limit)
+        fresh = json.loads((work / "fresh" / "manifest.json").read_text())["files"]
+        same_fresh = [f["sha256"] for f in fresh] == [f["sha256"] for f in json.loads(first_manifest)["files"]]
+    manifest = json.loads(first_manifest)
+    load_after = os.getloadavg()[0]
 
     peak_mb = report["peak_rss_mb"]
-    print(f"\nload average (1 min) before / after the builds: {load:.2f} / {load_after:.2f} on {os.cpu_count()} CPUs\n")
-    print(
-        f"{'stage':10} {'rows in':>9} {'rows out':>9} {'seconds':>8} {'peak RSS MB':>12} {'rebuild':>8}"
-    )
+    print(f"load average (1 min) before / after the builds: {load:.2f} / {load_after:.2f} on {os.cpu_count()} CPUs\n")
+    print(f"{'stage':10} {'rows in':>9} {'rows out':>9} {'seconds':>8} {'peak RSS MB':>12} {'rebuild':>8}")
     rerun = {s["stage"]: s for s in again["stages"]}
     for s in report["stages"]:
         rows_in = "" if s["rows_in"] is None else s["rows_in"]
@@ -443,38 +440,71 @@ def main() -> None:
             f"{s['peak_rss_mb']:>12,.0f} {'cached' if rerun[s['stage']]['cached'] else 'RAN':>8}"
         )
     kept = sum(f["rows"] for f in manifest["files"])
-    print(f"{'build':10} {'':>9} {kept:>9} {seconds:>8.2f} {'':>7} {peak_mb:>12,.0f} {again_s:>8.2f}")
+    print(f"{'build':10} {'':>9} {kept:>9} {seconds:>8.2f} {peak_mb:>12,.0f} {again_s:>8.2f}")
     print(
         f"(seconds: the stage, reading its input and writing its checkpoint included; build: the child process's"
         f" wall time, imports included; RSS sampled from outside every 50 ms: {sampled_mb:,.0f} MB)\n"
     )
     print(f"{'what':44} {'seconds':>8} {'vs floor':>9}")
-    print(f"{'floor: polars read cache + write zstd parquet':44} {floor_s:>8.2f} {1.0:>8.2f}x")
+    print(f"{'floor: polars streams cache to zstd parquet':44} {floor_s:>8.2f} {1.0:>8.2f}x")
     what = "full build (9 stages, checkpoints)" if complete else f"build until {args.until} (checkpoints)"
     print(f"{what:44} {seconds:>8.2f} {seconds / floor_s:>8.2f}x")
     print(f"{'rebuild: every stage from its checkpoint':44} {again_s:>8.2f} {again_s / floor_s:>8.2f}x")
     if not math.isnan(fresh_s):
         print(f"{'second full build, fresh folder':44} {fresh_s:>8.2f} {fresh_s / floor_s:>8.2f}x")
-    print(f"\nmanifest unchanged by the rebuild: {same}; fresh build's shards byte-identical: {same_fresh}")
+    print(f"manifest unchanged by the rebuild: {same}; fresh build's shards byte-identical: {same_fresh}", flush=True)
+    return {
+        "rows": rows,
+        "kept": kept,
+        "complete": complete,
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(peak_mb, 1),
+        "sampled_peak_rss_mb": round(sampled_mb, 1),
+        "load_average": [round(load, 2), round(load_after, 2)],
+        "second_build_seconds": None if math.isnan(fresh_s) else round(fresh_s, 2),
+        "rebuild_manifest_unchanged": same,
+        "second_build_byte_identical": same_fresh,
+        "floor_seconds": round(floor_s, 2),
+        "rebuild_seconds": round(again_s, 2),
+        "stages": {
+            s["stage"]: {k: s.get(k) for k in ("rows_in", "rows_out", "seconds", "peak_rss_mb")}
+            for s in report["stages"]
+        },
+    }
+
+
+def summary(results: list[dict]) -> None:
+    """One line per size: time, time per 100K rows, peak RSS and the I/O floor of the same run."""
+    head = f"{'rows':>10} {'kept':>10} {'build s':>8} {'s/100K':>7} {'peak RSS GB':>12} {'floor s':>8} {'vs floor':>9}"
+    print("\n" + head)
+    for r in results:
+        print(
+            f"{r['rows']:>10,} {r['kept']:>10,} {r['seconds']:>8.1f} {r['seconds'] / r['rows'] * 1e5:>7.1f} "
+            f"{r['peak_rss_mb'] / 1024:>12.2f} {r['floor_seconds']:>8.1f} {r['seconds'] / r['floor_seconds']:>8.1f}x"
+        )
+
+
+def main() -> None:
+    """Generate, build, rebuild from checkpoints for each --rows; print the tables; optionally write --json."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, action="append", help="questions to generate (repeat for several sizes)")
+    p.add_argument("--json", type=Path, help="write [{rows, seconds, peak_rss_mb, stages, ...}] here")
+    p.add_argument("--keep", type=Path, help="generate into DIR/ROWS-seedS and keep it; a rerun reuses it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-second-build", action="store_true", help="skip the second full build (byte-identity check)")
+    p.add_argument("--until", metavar="STAGE", help="stop the builds after this stage")
+    p.add_argument("--max-rss-gb", type=float, default=math.inf, help="kill the build when its RSS passes this")
+    args = p.parse_args()
+    sizes = args.rows or [170_000]
+    results = []
+    for rows in sizes:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            work = args.keep / f"{rows}-seed{args.seed}" if args.keep else Path(tmp_name)
+            work.mkdir(parents=True, exist_ok=True)
+            results.append(measure(rows, args, work))
+    summary(results)
     if args.json:
-        result = {
-            "rows": args.rows,
-            "complete": complete,
-            "seconds": round(seconds, 2),
-            "peak_rss_mb": round(peak_mb, 1),
-            "sampled_peak_rss_mb": round(sampled_mb, 1),
-            "load_average": [round(load, 2), round(load_after, 2)],
-            "second_build_seconds": None if math.isnan(fresh_s) else round(fresh_s, 2),
-            "rebuild_manifest_unchanged": same,
-            "second_build_byte_identical": same_fresh,
-            "floor_seconds": round(floor_s, 2),
-            "rebuild_seconds": round(again_s, 2),
-            "stages": {
-                s["stage"]: {k: s.get(k) for k in ("rows_in", "rows_out", "seconds", "peak_rss_mb")}
-                for s in report["stages"]
-            },
-        }
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -400,8 +400,8 @@ def check_release(folder: Path, manifest: dict[str, Any] | None = None) -> dict[
     return manifest
 
 
-def read_release(folder: Path, split: str = "train", config: str = DEFAULT_CONFIG) -> pa.Table:
-    """Read one config's split of a release folder after checking each file's size and sha256 against the manifest."""
+def release_files(folder: Path, split: str = "train", config: str = DEFAULT_CONFIG) -> list[Path]:
+    """The files of one config's split of a release folder, each checked (size, sha256) against the manifest."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     entries = [
@@ -412,10 +412,12 @@ def read_release(folder: Path, split: str = "train", config: str = DEFAULT_CONFI
     if not entries:
         configs = ", ".join(manifest.get("configs", {DEFAULT_CONFIG: None}))
         raise Medr1Error(f"{folder}: the manifest lists no files for config '{config}' split '{split}' ({configs})")
-
-    def read(entry: dict[str, Any]) -> pa.Table:
-        return pq.read_table(_check_file(folder, entry))
-
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        tables = list(pool.map(read, entries))
-    return pa.concat_tables(tables)
+        return list(pool.map(lambda e: _check_file(folder, e), entries))
+
+
+def read_release(folder: Path, split: str = "train", config: str = DEFAULT_CONFIG) -> pa.Table:
+    """Read one config's split of a release folder after checking each file's size and sha256 against the manifest."""
+    files = release_files(folder, split, config)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return pa.concat_tables(list(pool.map(pq.read_table, files)))

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,6 +113,19 @@ def require_hub(b: Build, needs: list[str], local_way: str) -> None:
 
 def stage_ingest(_: Parts | None, b: Build) -> Parts:
     """Read every source split of the recipe into one canonical table; rejects go to `rejects.parquet`."""
+    writer = b.writer()
+    writer.write(ingest(b))
+    return writer.close()
+
+
+def recipe_questions(recipe: Recipe) -> pa.Table:
+    """The recipe's questions as the ingest stage reads them, outside a build (its rejects go to a scratch folder)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return ingest(Build(recipe, Path(tmp), Path(tmp), quiet=True))
+
+
+def ingest(b: Build) -> pa.Table:
+    """Every source split of the recipe as one canonical table; rejects go to `rejects.parquet`, counts to stats."""
     hub = [f"source {s.spec}/{s.split}" for s in b.recipe.sources if b.recipe.spec_path(s.spec) is None]
     require_hub(b, hub, "give each source as NAME=PATH, e.g. --set 'sources=[{spec: medqa=data/medqa, split: train}]'")
     tables, rejects, per_source = [], [], []
@@ -141,9 +155,7 @@ def stage_ingest(_: Parts | None, b: Build) -> Parts:
     pq.write_table(all_rejects, b.build_dir / "rejects.parquet")
     b.stats["sources"] = per_source
     b.stats["reject_reasons"] = source_registry.Loaded(table, all_rejects).reject_counts()
-    writer = b.writer()
-    writer.write(table)
-    return writer.close()
+    return table
 
 
 def _mark_dropped(table: pa.Table, reason: pl.Expr, name: str) -> pa.Table:
@@ -467,5 +479,3 @@ STAGES: dict[str, Callable[[Any, Build], Parts | None]] = {
     "shards": stage_shards,
     "card": stage_card,
 }
-
-

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from medr1_data.prompts import THINK_INLINE_FORMAT, get_template
-from medr1_data.shards import MANIFEST, read_manifest, read_release
+from medr1_data.shards import MANIFEST, read_manifest, release_files
 from medr1_train.config import ConfigError, DataConfig
 
 IGNORE_INDEX = -100
@@ -42,17 +42,20 @@ def _stable_key(seed: int, *parts: object) -> str:
     return hashlib.sha1(":".join(str(p) for p in (seed, *parts)).encode("utf-8")).hexdigest()
 
 
-def load_release(cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
-    """The release as one Arrow table, from a local folder (its Parquet files) or a Hub id at `cfg.revision`."""
+def load_release(cfg: DataConfig) -> tuple[Any, dict[str, Any]]:
+    """The release as a memory-mapped `datasets.Dataset` (rows stay on disk), from a local folder (its Parquet files,
+    converted once into the `datasets` cache) or a Hub id at `cfg.revision`."""
+    import datasets
+
     path = Path(cfg.dataset).expanduser()
     if path.is_dir() and (path / MANIFEST).is_file():
-        table = read_release(path, cfg.split)  # checks every shard's size and sha256 against the manifest
+        files = release_files(path, cfg.split)  # checks every shard's size and sha256 against the manifest
         m = read_manifest(path)
         recipe = m.get("recipe") or {}
-        return table, {
+        return _from_parquet(files), {
             "dataset": str(path.resolve()),
             "revision": f"{recipe.get('name')}@{recipe.get('version')} (recipe sha256 {m.get('recipe_sha256')})",
-            "files": [Path(f["path"]).name for f in m.get("files", []) if f.get("split", cfg.split) == cfg.split],
+            "files": [f.name for f in files],
             "recipe_name": recipe.get("name"),
             "recipe_version": recipe.get("version"),
             "recipe_sha256": m.get("recipe_sha256"),
@@ -63,12 +66,10 @@ def load_release(cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
             files = sorted(path.rglob("*.parquet"))
         if not files:
             raise ConfigError(f"{path}: no Parquet files (expected data/{cfg.split}-*.parquet, as medr1-data builds)")
-        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
-        return table, {"dataset": str(path.resolve()), "revision": None, "files": [f.name for f in files]}
+        ref = {"dataset": str(path.resolve()), "revision": None, "files": [f.name for f in files]}
+        return _from_parquet(files), ref
     if cfg.dataset.startswith(("/", "./", "../", "~")) or cfg.dataset.count("/") > 1:
         raise ConfigError(f"data.dataset '{cfg.dataset}': no such file or folder")
-    import datasets
-
     try:
         ds = datasets.load_dataset(cfg.dataset, revision=cfg.revision, split=cfg.split)
     except Exception as e:
@@ -83,7 +84,17 @@ def load_release(cfg: DataConfig) -> tuple[pa.Table, dict[str, Any]]:
         ref["commit"] = HfApi().dataset_info(cfg.dataset, revision=cfg.revision).sha
     except Exception:
         pass
-    return ds.data.table, ref
+    return ds, ref
+
+
+def _from_parquet(files: list[Path]) -> Any:
+    """Parquet files as one memory-mapped `datasets.Dataset` (the Arrow cache file is written once, then reused)."""
+    import datasets
+
+    try:
+        return datasets.Dataset.from_parquet([str(f) for f in files])
+    except Exception as e:  # files of another tool whose schemas `datasets` cannot join
+        raise ConfigError(f"{files[0].parent}: could not read the Parquet files as one table: {e}") from None
 
 
 def _require(table: pa.Table, column: str, why: str) -> None:
@@ -93,11 +104,15 @@ def _require(table: pa.Table, column: str, why: str) -> None:
         )
 
 
-def select_rows(table: pa.Table, cfg: DataConfig, seed: int) -> tuple[pa.Table, pa.Table, dict[str, int]]:
-    """Filter on the release's own columns, hold out questions by id, then cap per source: (train, eval, counts)."""
-    counts: dict[str, int] = {"rows_read": table.num_rows}
+def select_rows(release: pa.Table, cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Filter on the release's own columns, hold out questions by id, then cap per source: (train row positions, eval
+    row positions, counts). Only the small columns are read, so a memory-mapped release stays on disk."""
+    counts: dict[str, int] = {"rows_read": release.num_rows}
     for col in ("id", "question", "options", "answer_label"):
-        _require(table, col, "every example")
+        _require(release, col, "every example")
+    small = ["id", "source", "sample_idx", "is_correct", "quality_score", "contaminated"]
+    table = release.select([c for c in small if c in release.column_names])
+    table = table.append_column("_row", pa.array(np.arange(release.num_rows, dtype=np.int64)))
 
     def keep(mask: pa.ChunkedArray | pa.Array, reason: str) -> None:
         nonlocal table
@@ -152,10 +167,10 @@ def select_rows(table: pa.Table, cfg: DataConfig, seed: int) -> tuple[pa.Table, 
     if cfg.max_rows is not None and len(chosen) > cfg.max_rows:
         counts["dropped_max_rows"] = len(chosen) - cfg.max_rows
         chosen = chosen[: cfg.max_rows]
-    table = table.take(pa.array(sorted(chosen), pa.int64()))
-    counts["train_rows_selected"] = table.num_rows
+    train_rows = np.sort(table["_row"].to_numpy()[np.asarray(chosen, dtype=np.int64)])
+    counts["train_rows_selected"] = len(train_rows)
     counts["eval_rows_selected"] = eval_table.num_rows
-    return table, eval_table, counts
+    return train_rows, eval_table["_row"].to_numpy(), counts
 
 
 def format_fields(fmt: str) -> list[str]:
@@ -171,7 +186,7 @@ def inline_thinking(message: dict[str, Any]) -> dict[str, str]:
     return {"role": message["role"], "content": content}
 
 
-def uses_column(table: pa.Table, cfg: DataConfig) -> bool:
+def uses_column(table: Any, cfg: DataConfig) -> bool:
     """Whether the conversations are read from the release's `cfg.messages` column (else rendered)."""
     return cfg.messages is not None and cfg.messages in table.column_names
 
@@ -255,43 +270,49 @@ def tokenize_rows(rows: list[dict[str, Any]], tokenizer: Any, cfg: DataConfig, m
 
 
 def tokenize_table(
-    table: pa.Table, tokenizer: Any, cfg: DataConfig, mask: tuple[str, str | None], num_proc: int | None = None
+    ds: Any, tokenizer: Any, cfg: DataConfig, mask: tuple[str, str | None], num_proc: int | None = None
 ) -> tuple[Any, int]:
-    """Tokenise a table into a `datasets.Dataset`; rows over `cfg.max_length` are dropped: (dataset, n_dropped)."""
+    """Tokenise a `datasets.Dataset` of release rows (written to its cache a batch at a time, so memory holds one
+    batch); rows over `cfg.max_length` are dropped: (dataset, n_dropped)."""
     import datasets
 
-    if uses_column(table, cfg):
+    if uses_column(ds, cfg):
         needed = {"id", cfg.messages}
     else:
         needed = {"id", "question", "options", "context", *format_fields(cfg.assistant_format)}
-        missing = sorted(needed - set(table.column_names) - {"context"})
+        missing = sorted(needed - set(ds.column_names) - {"context"})
         if missing:
             raise ConfigError(f"data.assistant_format: field '{missing[0]}' is not a column of the release")
-    table = table.select([c for c in table.column_names if c in needed])
-    ds = datasets.Dataset(table)
+    ds = ds.select_columns([c for c in ds.column_names if c in needed])
 
     def _map(batch: dict[str, list]) -> dict:
         rows = [dict(zip(batch, vals, strict=True)) for vals in zip(*batch.values(), strict=True)]
         return tokenize_rows(rows, tokenizer, cfg, mask)
 
-    ds = ds.map(_map, batched=True, batch_size=256, remove_columns=ds.column_names, num_proc=num_proc)
+    tokens = datasets.Sequence(datasets.Value("int32"))  # half the bytes of the int64 `datasets` would infer
+    features = datasets.Features(
+        input_ids=tokens, labels=tokens, length=datasets.Value("int32"), n_labels=datasets.Value("int32")
+    )
+    ds = ds.map(
+        _map, batched=True, batch_size=256, remove_columns=ds.column_names, num_proc=num_proc, features=features
+    )
     n = len(ds)
     ds = ds.filter(lambda n_tok: n_tok <= cfg.max_length, input_columns="length", num_proc=num_proc)
     return ds, n - len(ds)
 
 
 def prepare(cfg: DataConfig, tokenizer: Any, seed: int = 42) -> Prepared:
-    """Load, filter, split and tokenise the release described by `cfg`."""
-    table, ref = load_release(cfg)
-    train_t, eval_t, counts = select_rows(table, cfg, seed)
-    if train_t.num_rows == 0:
+    """Load (memory-mapped), filter, split and tokenise the release described by `cfg`."""
+    release, ref = load_release(cfg)
+    train_rows, eval_rows, counts = select_rows(release.data.table, cfg, seed)
+    if not len(train_rows):
         raise ConfigError(f"{ref['dataset']}: no training rows left after filtering ({_fmt(counts)})")
     mask = loss_mask(tokenizer)
-    train, too_long = tokenize_table(train_t, tokenizer, cfg, mask, cfg.num_proc)
+    train, too_long = tokenize_table(release.select(train_rows), tokenizer, cfg, mask, cfg.num_proc)
     counts["dropped_too_long_train"] = too_long
     ev = None
-    if eval_t.num_rows:
-        ev, too_long_eval = tokenize_table(eval_t, tokenizer, cfg, mask, cfg.num_proc)
+    if len(eval_rows):
+        ev, too_long_eval = tokenize_table(release.select(eval_rows), tokenizer, cfg, mask, cfg.num_proc)
         counts["dropped_too_long_eval"] = too_long_eval
         ev = ev if len(ev) else None
     if len(train) == 0:
@@ -304,7 +325,7 @@ def prepare(cfg: DataConfig, tokenizer: Any, seed: int = 42) -> Prepared:
     counts["train_assistant_tokens"] = int(sum(train["n_labels"]))
     counts["conversations"] = (
         f"release column {cfg.messages}"
-        if uses_column(table, cfg)
+        if uses_column(release, cfg)
         else f"rendered ({cfg.template}, data.assistant_format)"
     )
     counts["loss_on"] = mask[0]

@@ -50,20 +50,29 @@ CASES = [
     ("verify", _drop("response"), "missing column 'response' (string)"),
     ("verify", _drop("options"), "missing column 'options'"),
     ("verify", _replace("reasoning", lambda t: pa.nulls(t.num_rows)), "ok"),  # all-null: Arrow type null
-    ("verify", _replace("answer_label", lambda t: pa.array(range(t.num_rows))), "column 'answer_label': expected "
-     "string, found int64"),
+    (
+        "verify",
+        _replace("answer_label", lambda t: pa.array(range(t.num_rows))),
+        "column 'answer_label': expected string, found int64",
+    ),
     ("verify", _replace("options", _json_options), "ok"),  # options as JSON text (a CSV or pandas export)
     ("verify", _replace("options", lambda t: pa.array(["not json"] * t.num_rows)), "column 'options': expected "),
     ("verify", _replace("response", lambda t: pa.array([1.5] * t.num_rows)), "column 'response': expected string"),
-    ("score", _drop("pred_label"), "missing column 'pred_label' (string); expected verified traces: run medr1-data "
-     "verify first"),
+    (
+        "score",
+        _drop("pred_label"),
+        "missing column 'pred_label' (string); expected verified traces: run medr1-data verify first",
+    ),
     ("score", _drop("reasoning"), "missing column 'reasoning'"),
     ("score", _replace("reasoning", lambda t: pa.nulls(t.num_rows)), "ok"),
     ("score", _replace("response", lambda t: t.column("response").cast(pa.large_string())), "ok"),
     ("dedup", _drop("question"), "missing column 'question' (string)"),
     ("dedup", _replace("options", _json_options), "ok"),
-    ("dedup", _replace("question", lambda t: pa.array([None] * t.num_rows, pa.string())), "row 0: column 'question' "
-     "is null"),
+    (
+        "dedup",
+        _replace("question", lambda t: pa.array([None] * t.num_rows, pa.string())),
+        "row 0: column 'question' is null",
+    ),
     ("decontam", _drop("options"), "missing column 'options'"),
     ("decontam", _replace("id", lambda t: pa.array(range(t.num_rows))), "column 'id': expected string, found int64"),
     ("decontam", _replace("context", lambda t: pa.nulls(t.num_rows)), "ok"),

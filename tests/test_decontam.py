@@ -485,4 +485,3 @@ def test_natural_item_ids_per_benchmark(real: dict[str, Any]) -> None:
     got = list(zip(out.column("contam_benchmark").to_pylist(), out.column("contam_item_id").to_pylist(), strict=True))
     assert got == [(b, i) for b, i, _, _ in picked]
     assert {i for b, i, _, _ in picked if b == "medqa_us_test"} <= {str(n) for n in range(1273)}
-

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from medr1_data.build import run, summary_rows
-from medr1_data.checkpoints import Checkpoints
 from medr1_data.recipe import load_recipe
 from medr1_data.shards import read_release
-from medr1_data.stages import Build, stage_ingest
+from medr1_data.stages import recipe_questions
 from medr1_data.teacher import ResponseCache
 from medr1_data.teacher.importer import question_key
 
@@ -24,10 +22,7 @@ def _dataset(path: Path, leave_out: int) -> tuple[int, set[str]]:
     """The demo's questions and hand-written traces as a chat dataset (options shuffled and re-cased in the
     prompt); the first `leave_out` questions are not in it. Returns (rows written, match keys left out)."""
     recipe = load_recipe("demo")
-    with tempfile.TemporaryDirectory() as tmp:
-        b = Build(recipe, Path(tmp), Path(tmp), quiet=True, checkpoints=Checkpoints(Path(tmp), ["ingest"]))
-        b.stage = "ingest"
-        questions = stage_ingest(None, b).read().to_pylist()
+    questions = recipe_questions(recipe).to_pylist()
     traces = [json.loads(line) for line in (DEMO / "traces.jsonl").read_text(encoding="utf-8").splitlines()]
     by_q = {(t["source"], t["question"], t["sample_idx"]): t for t in traces}
     rows, left_out = [], set()

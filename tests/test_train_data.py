@@ -9,6 +9,7 @@ import pytest
 
 from medr1_data.prompts import get_template
 from medr1_data.schema import CHAT_FIELDS
+from medr1_data.shards import read_release
 from medr1_train.config import ConfigError, DataConfig
 from medr1_train.data import (
     GENERATION_MARKERS,
@@ -48,6 +49,18 @@ def _ids(table) -> list[str]:
     return sorted({i.rsplit("/", 1)[-1] for i in table["id"].to_pylist()})  # the fixture's own ids
 
 
+def _mapped(release: Path) -> pa.Table:
+    """The release as training reads it: the Arrow table of a memory-mapped `datasets.Dataset`."""
+    ds, _ = load_release(DataConfig(dataset=str(release)))
+    assert ds.cache_files, "the release is not memory-mapped from the datasets cache"
+    return ds.data.table
+
+
+def _select(table: pa.Table, cfg: DataConfig, seed: int) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    train, ev, counts = select_rows(table, cfg, seed)
+    return table.take(train), table.take(ev), counts
+
+
 def test_filters_use_the_release_columns(tmp_path: Path) -> None:
     rows = [
         {"id": "q1", "question": "ok", "sample_idx": 0},
@@ -58,9 +71,9 @@ def test_filters_use_the_release_columns(tmp_path: Path) -> None:
         {"id": "q5", "question": "other source", "source": "medmcqa"},
         {"id": "q6", "question": "null verdict", "is_correct": None},
     ]
-    table, _ = load_release(DataConfig(dataset=str(write_release(tmp_path / "rel", rows))))
+    table = _mapped(write_release(tmp_path / "rel", rows))
     cfg = DataConfig(min_quality=0.5, sources=["medqa"], eval_fraction=0.0)
-    train, ev, counts = select_rows(table, cfg, seed=0)
+    train, ev, counts = _select(table, cfg, seed=0)
     assert _ids(train) == ["q1"] and train.num_rows == 2 and ev.num_rows == 0
     assert counts["dropped_not_correct"] == 2  # false and null verdicts
     assert counts["dropped_low_quality"] == 1
@@ -68,7 +81,7 @@ def test_filters_use_the_release_columns(tmp_path: Path) -> None:
     assert counts["dropped_source_not_selected"] == 1
 
     lax = DataConfig(require_correct=False, drop_contaminated=False, eval_fraction=0.0)
-    train, _, _ = select_rows(table, lax, seed=0)
+    train, _, _ = _select(table, lax, seed=0)
     assert train.num_rows == len(rows)
 
 
@@ -79,28 +92,28 @@ def test_caps_per_source_and_per_question_are_deterministic(tmp_path: Path) -> N
         for i in range(n)
         for s in range(2)
     ]
-    table, _ = load_release(DataConfig(dataset=str(write_release(tmp_path / "rel", rows))))
+    table = _mapped(write_release(tmp_path / "rel", rows))
     cfg = DataConfig(max_per_source={"medmcqa": 7}, max_samples_per_question=1, eval_fraction=0.0)
-    train, _, counts = select_rows(table, cfg, seed=3)
+    train, _, counts = _select(table, cfg, seed=3)
     sources = train["source"].to_pylist()
     assert sources.count("medmcqa") == 7 and sources.count("medqa") == 10
     assert len(train["id"].to_pylist()) == len(set(train["id"].to_pylist()))  # one sample per question
     assert counts["dropped_samples_per_question_cap"] + counts["dropped_source_cap"] == 80 - 17
-    again, _, _ = select_rows(table, cfg, seed=3)
+    again, _, _ = _select(table, cfg, seed=3)
     assert again.equals(train)
-    other, _, _ = select_rows(table, cfg, seed=4)
+    other, _, _ = _select(table, cfg, seed=4)
     assert _ids(other) != _ids(train)
 
 
 def test_eval_split_holds_out_whole_questions(tmp_path: Path) -> None:
     rows = [{"id": f"q{i:02d}", "question": f"q {i}", "sample_idx": s} for i in range(40) for s in range(3)]
-    table, _ = load_release(DataConfig(dataset=str(write_release(tmp_path / "rel", rows))))
-    train, ev, counts = select_rows(table, DataConfig(eval_fraction=0.25), seed=0)
+    table = _mapped(write_release(tmp_path / "rel", rows))
+    train, ev, counts = _select(table, DataConfig(eval_fraction=0.25), seed=0)
     assert counts["eval_questions"] == 10 and len(_ids(ev)) == 10 and ev.num_rows == 30
     assert not set(_ids(ev)) & set(_ids(train)) and len(_ids(train)) == 30 and train.num_rows == 90
-    _, ev2, _ = select_rows(table, DataConfig(eval_fraction=0.25), seed=0)
+    _, ev2, _ = _select(table, DataConfig(eval_fraction=0.25), seed=0)
     assert _ids(ev2) == _ids(ev)
-    _, ev3, _ = select_rows(table, DataConfig(eval_fraction=0.25), seed=1)
+    _, ev3, _ = _select(table, DataConfig(eval_fraction=0.25), seed=1)
     assert _ids(ev3) != _ids(ev)
 
 
@@ -130,7 +143,7 @@ def test_messages_are_the_eval_prompt_plus_the_assistant_turn() -> None:
 def test_only_assistant_tokens_carry_labels(demo_release: Path, tokenizer) -> None:
     cfg = DataConfig(dataset=str(demo_release), max_length=4096, eval_fraction=0.0)
     prepared = prepare(cfg, tokenizer)
-    table, _ = load_release(cfg)
+    table = read_release(demo_release)
     by_question = {r["question"]: r for r in table.to_pylist()}
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert len(prepared.train) == 25
@@ -194,7 +207,7 @@ def _assistant_span(ex: dict) -> tuple[int, int]:
 
 
 def test_conversations_come_from_the_release_messages_column(demo_release: Path, tokenizer) -> None:
-    table, _ = load_release(DataConfig(dataset=str(demo_release)))
+    table = read_release(demo_release)
     for row in table.to_pylist():  # the release's two chat columns hold the same conversation
         assert [inline_thinking(m) for m in row["messages"]] == row["messages_think_inline"]
         assert row["messages"][2]["reasoning_content"] == row["reasoning"].strip()
@@ -251,7 +264,7 @@ def test_any_template_gets_assistant_only_loss_through_prompt_completion(demo_re
     tok = _without_markers(AutoTokenizer.from_pretrained(tiny_model))
     prepared = prepare(DataConfig(dataset=str(demo_release), eval_fraction=0.0), tok)
     assert prepared.stats["loss_on"] == PROMPT_COMPLETION
-    by_question = {r["question"].strip(): r for r in load_release(DataConfig(dataset=str(demo_release)))[0].to_pylist()}
+    by_question = {r["question"].strip(): r for r in read_release(demo_release).to_pylist()}
     for ex in prepared.train:
         first, last = _assistant_span(ex)
         assert all(t == IGNORE_INDEX for t in ex["labels"][:first]) and last == len(ex["labels"]) - 1
@@ -355,5 +368,5 @@ def test_qwen25_template_gets_trls_training_version(demo_release: Path, tiny_mod
 
 def prepared_row(release: Path, prompt: str) -> dict:
     """The release row whose question appears in `prompt`."""
-    table, _ = load_release(DataConfig(dataset=str(release)))
+    table = read_release(release)
     return next(r for r in table.to_pylist() if r["question"].strip() in prompt)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medr1_data import Medr1Error
 from medr1_data.recipe import load_recipe
-from medr1_data.stages import stage_ingest
+from medr1_data.stages import recipe_questions
 from medr1_data.teacher import ResponseCache, cache_record, plan_requests
 
 DEMO = Path(__file__).parent
@@ -15,16 +15,8 @@ DEMO = Path(__file__).parent
 
 def demo_records() -> list[dict]:
     """Cache records for every (demo question, sample), keyed exactly as the distill stage will look them up."""
-    import tempfile
-
-    from medr1_data.checkpoints import Checkpoints
-    from medr1_data.stages import Build
-
     recipe = load_recipe("demo")
-    with tempfile.TemporaryDirectory() as tmp:
-        b = Build(recipe, Path(tmp), Path(tmp), quiet=True, checkpoints=Checkpoints(Path(tmp), ["ingest"]))
-        b.stage = "ingest"
-        questions = stage_ingest(None, b).read()
+    questions = recipe_questions(recipe)
     traces = {}
     for line in (DEMO / "traces.jsonl").read_text(encoding="utf-8").splitlines():
         t = json.loads(line)
