@@ -12,8 +12,9 @@ import itertools
 import json
 import os
 import string
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -197,9 +198,12 @@ class ShardWriter:
     `shard_bytes` of Arrow data, and a row group ends where the next row would take it past `row_group_bytes` (the
     `datasets` sizes). The cuts are made row by row from each row's own size (`row_bytes`), so the files depend on
     the rows alone, not on how they were batched. `derive` adds columns built from each batch (the chat columns),
-    counted in the sizes. Row groups are encoded in a worker thread (pyarrow releases the GIL) while the next batch
-    is prepared; memory holds about one row group.
+    counted in the sizes. Row groups are encoded in a worker thread per shard (pyarrow releases the GIL) while the
+    next batch is prepared, so a shard's last row groups and the next shard's first ones encode at once; memory holds
+    about `INFLIGHT` row groups.
     """
+
+    INFLIGHT = 4
 
     def __init__(self, out: Path, settings: ShardSettings, derive: Derive | None = None) -> None:
         self.out, self.settings, self.derive = Path(out), settings, derive
@@ -214,14 +218,16 @@ class ShardWriter:
         self.group_bytes = 0.0
         self.shard_bytes = 0.0
         self.writer: pq.ParquetWriter | None = None
-        self.pool = ThreadPoolExecutor(max_workers=1)
-        self.pending: Any = None
+        self.lane: ThreadPoolExecutor | None = None  # the open shard's worker: its row groups, in order
+        self.inflight: deque[Future] = deque()
 
     def _submit(self, job: Callable[[], Any]) -> None:
-        """Run `job` in the worker after the one before it (at most one waits, so memory stays bounded)."""
-        if self.pending is not None:
-            self.pending.result()
-        self.pending = self.pool.submit(job)
+        """Run `job` in the open shard's worker, after that shard's earlier jobs; the shard before it may still be
+        encoding in its own worker. At most `INFLIGHT` row groups wait, so memory stays bounded."""
+        while len(self.inflight) >= self.INFLIGHT:
+            self.inflight.popleft().result()
+        assert self.lane is not None
+        self.inflight.append(self.lane.submit(job))
 
     def _flush_group(self) -> None:
         if not self.group:
@@ -238,6 +244,9 @@ class ShardWriter:
         if self.writer is not None:
             self._submit(self.writer.close)
             self.writer = None
+        if self.lane is not None:
+            self.lane.shutdown(wait=False)  # its queued jobs still run; `close` waits for them
+            self.lane = None
 
     def _start_shard(self, source: str | None) -> None:
         self._end_shard()
@@ -249,6 +258,7 @@ class ShardWriter:
         path = self.data / f"{self.settings.split}-{len(self.shards):05d}.parquet.tmp"
         self.shards.append({"tmp": path, "config": source, "rows": 0, "arrow_bytes": 0})
         self.writer = pq.ParquetWriter(path, self.schema, **parquet_options(self.settings))
+        self.lane = ThreadPoolExecutor(max_workers=1)
         self.shard_bytes = 0.0
 
     def write(self, batch: pa.Table) -> None:
@@ -283,9 +293,8 @@ class ShardWriter:
         if not self.shards:  # no row at all: one empty file keeps the schema
             self._start_shard(None)
         self._end_shard()
-        if self.pending is not None:
-            self.pending.result()
-        self.pool.shutdown()
+        while self.inflight:
+            self.inflight.popleft().result()
         n = len(self.shards)
         files = []
         for i, shard in enumerate(self.shards):

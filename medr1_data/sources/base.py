@@ -149,17 +149,79 @@ def _raw_text(raw: Any, text: str | None) -> str:
     return text[:RAW_CHARS]
 
 
+class _Rows:
+    """Converted questions gathered as Python lists and turned into Arrow every `CHUNK_ROWS` rows, so that the Python
+    objects alive at any time are one chunk's, however large the source."""
+
+    CHUNK_ROWS = 65_536
+
+    def __init__(self, source: Source, split: str) -> None:
+        self.source, self.split = source, split
+        self.pieces: list[pa.Table] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.cols: dict[str, list[Any]] = {k: [] for k in ("source_id", "question", "answer_label", "context", "meta")}
+        self.where: dict[str, list[Any]] = {"_file": [], "_row": []}
+        self.labels: list[str] = []
+        self.texts: list[str] = []
+        self.offsets = [0]
+
+    def add(self, q: Question, file: str, row: int) -> None:
+        """One converted question, from row `row` of `file`."""
+        self.cols["source_id"].append(q.source_id)
+        self.cols["question"].append(q.question)
+        self.cols["answer_label"].append(q.answer_label)
+        self.cols["context"].append(q.context)
+        self.cols["meta"].append(orjson.dumps(q.meta or {}, option=orjson.OPT_SORT_KEYS, default=str).decode())
+        for lab, t in q.options:
+            self.labels.append(lab)
+            self.texts.append(t)
+        self.offsets.append(len(self.labels))
+        self.where["_file"].append(file)
+        self.where["_row"].append(row)
+        if len(self.offsets) > self.CHUNK_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        cols, n, name, split = self.cols, len(self.offsets) - 1, self.source.name, self.split
+        options = pa.ListArray.from_arrays(
+            pa.array(self.offsets, pa.int32()),
+            pa.StructArray.from_arrays(
+                [pa.array(self.labels, pa.string()), pa.array(self.texts, pa.string())], ["label", "text"]
+            ),
+        ).cast(QUESTION_SCHEMA.field("options").type)
+        piece = {
+            "id": pa.array([f"{name}/{split}/{s}" for s in cols["source_id"]], pa.string()),
+            "source": pa.array([name] * n, pa.string()),
+            "source_split": pa.array([split] * n, pa.string()),
+            "source_id": pa.array(cols["source_id"], pa.string()),
+            "question": pa.array(cols["question"], pa.string()),
+            "options": options,
+            "answer_label": pa.array(cols["answer_label"], pa.string()),
+            "context": pa.array(cols["context"], pa.string()),
+            "meta": pa.array(cols["meta"], pa.string()),
+            "license": pa.array([self.source.license] * n, pa.string()),
+            "_file": pa.array(self.where["_file"], pa.string()),
+            "_row": pa.array(self.where["_row"], pa.int64()),
+        }
+        self.pieces.append(pa.table(piece))
+        self._reset()
+
+    def table(self) -> pa.Table:
+        """Every row added, as one table (one chunk per `CHUNK_ROWS` rows)."""
+        if len(self.offsets) > 1 or not self.pieces:
+            self._flush()
+        return pa.concat_tables(self.pieces)
+
+
 def load_rows(source: Source, split: str, path: Path | None = None, *, keep_duplicate_options: bool = False) -> Loaded:
     """Read one split of `source` (Hub when path is None) into the canonical table and a rejects table.
 
     `keep_duplicate_options` keeps rows whose options repeat a text (benchmarks: every test item must be indexed).
     """
     rows, hub = source.rows(split, path)
-    cols: dict[str, list[Any]] = {k: [] for k in ("source_id", "question", "answer_label", "context", "meta")}
-    labels: list[str] = []
-    texts: list[str] = []
-    offsets = [0]
-    where: dict[str, list[Any]] = {"_file": [], "_row": []}
+    converted = _Rows(source, split)
     rejects: dict[str, list[Any]] = {f.name: [] for f in REJECT_SCHEMA}
 
     def reject(file: str, row: int, err: RowError, raw: str) -> None:
@@ -176,39 +238,8 @@ def load_rows(source: Source, split: str, path: Path | None = None, *, keep_dupl
         except RowError as err:
             reject(file, row, err, _raw_text(raw, text))
             continue
-        cols["source_id"].append(q.source_id)
-        cols["question"].append(q.question)
-        cols["answer_label"].append(q.answer_label)
-        cols["context"].append(q.context)
-        cols["meta"].append(orjson.dumps(q.meta or {}, option=orjson.OPT_SORT_KEYS, default=str).decode())
-        for lab, t in q.options:
-            labels.append(lab)
-            texts.append(t)
-        offsets.append(len(labels))
-        where["_file"].append(file)
-        where["_row"].append(row)
-
-    n = len(cols["question"])
-    options = pa.ListArray.from_arrays(
-        pa.array(offsets, pa.int32()),
-        pa.StructArray.from_arrays([pa.array(labels, pa.string()), pa.array(texts, pa.string())], ["label", "text"]),
-    ).cast(QUESTION_SCHEMA.field("options").type)
-    table = pa.table(
-        {
-            "id": pa.array([f"{source.name}/{split}/{s}" for s in cols["source_id"]], pa.string()),
-            "source": pa.array([source.name] * n, pa.string()),
-            "source_split": pa.array([split] * n, pa.string()),
-            "source_id": pa.array(cols["source_id"], pa.string()),
-            "question": pa.array(cols["question"], pa.string()),
-            "options": options,
-            "answer_label": pa.array(cols["answer_label"], pa.string()),
-            "context": pa.array(cols["context"], pa.string()),
-            "meta": pa.array(cols["meta"], pa.string()),
-            "license": pa.array([source.license] * n, pa.string()),
-            "_file": pa.array(where["_file"], pa.string()),
-            "_row": pa.array(where["_row"], pa.int64()),
-        }
-    )
+        converted.add(q, file, row)
+    table = converted.table()
     allow = keep_duplicate_options or source.allow_duplicate_options
     kept, checked_rejects = check_rows(table, allow_duplicate_options=allow)
     all_rejects = pa.concat_tables([pa.table(rejects, schema=REJECT_SCHEMA), checked_rejects])

@@ -7,7 +7,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -28,8 +28,14 @@ Record = tuple[int, "dict[str, Any] | RowError", str]
 
 def read_bytes(path: Path) -> bytes:
     """Read a whole file or raise a one-line Medr1Error naming it."""
+    with open_bytes(path) as f:
+        return f.read()
+
+
+def open_bytes(path: Path) -> BinaryIO:
+    """Open a file for reading bytes or raise a one-line Medr1Error naming it."""
     try:
-        return Path(path).read_bytes()
+        return Path(path).open("rb")
     except FileNotFoundError:
         raise Medr1Error(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -39,29 +45,32 @@ def read_bytes(path: Path) -> bytes:
 
 
 def iter_jsonl(path: Path) -> Iterator[Record]:
-    """Yield each line of a JSON-lines file as a dict, or a RowError for invalid UTF-8, JSON or a cut-off last line."""
-    data = read_bytes(path)
-    lines = data.split(b"\n")
-    last = len(lines) - 1
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raw = line.decode("utf-8", errors="replace")
-            yield i + 1, RowError("invalid_utf8", None, f"byte {e.start}"), raw
-            continue
-        try:
-            obj = orjson.loads(text)
-        except orjson.JSONDecodeError as e:
-            reason = "truncated_line" if i == last else "invalid_json"
-            yield i + 1, RowError(reason, None, e.msg), text
-            continue
-        if not isinstance(obj, dict):
-            yield i + 1, RowError("wrong_type", None, f"line is a JSON {type(obj).__name__}, expected an object"), text
-            continue
-        yield i + 1, obj, text
+    """Yield each line of a JSON-lines file as a dict, or a RowError for invalid UTF-8, JSON or a cut-off last line.
+
+    The file is read a line at a time, so memory does not grow with its size."""
+    with open_bytes(path) as f:
+        for i, line in enumerate(f):
+            cut = not line.endswith(b"\n")  # only the last line can lack its newline
+            line = line if cut else line[:-1]
+            if not line.strip():
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raw = line.decode("utf-8", errors="replace")
+                yield i + 1, RowError("invalid_utf8", None, f"byte {e.start}"), raw
+                continue
+            try:
+                obj = orjson.loads(text)
+            except orjson.JSONDecodeError as e:
+                reason = "truncated_line" if cut else "invalid_json"
+                yield i + 1, RowError(reason, None, e.msg), text
+                continue
+            if not isinstance(obj, dict):
+                kind = type(obj).__name__
+                yield i + 1, RowError("wrong_type", None, f"line is a JSON {kind}, expected an object"), text
+                continue
+            yield i + 1, obj, text
 
 
 def read_json(path: Path) -> Any:
