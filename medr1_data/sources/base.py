@@ -208,11 +208,12 @@ class _Rows:
         self.pieces.append(pa.table(piece))
         self._reset()
 
-    def table(self) -> pa.Table:
-        """Every row added, as one table (one chunk per `CHUNK_ROWS` rows)."""
+    def tables(self) -> list[pa.Table]:
+        """Every row added, as consecutive tables of `CHUNK_ROWS` rows (at least one, maybe empty)."""
         if len(self.offsets) > 1 or not self.pieces:
             self._flush()
-        return pa.concat_tables(self.pieces)
+        pieces, self.pieces = self.pieces, []
+        return pieces
 
 
 def load_rows(source: Source, split: str, path: Path | None = None, *, keep_duplicate_options: bool = False) -> Loaded:
@@ -239,9 +240,8 @@ def load_rows(source: Source, split: str, path: Path | None = None, *, keep_dupl
             reject(file, row, err, _raw_text(raw, text))
             continue
         converted.add(q, file, row)
-    table = converted.table()
     allow = keep_duplicate_options or source.allow_duplicate_options
-    kept, checked_rejects = check_rows(table, allow_duplicate_options=allow)
+    kept, checked_rejects = check_rows(converted.tables(), allow_duplicate_options=allow)
     all_rejects = pa.concat_tables([pa.table(rejects, schema=REJECT_SCHEMA), checked_rejects])
     if kept.num_rows == 0 and all_rejects.num_rows:
         first = all_rejects.slice(0, 1).to_pylist()[0]
@@ -252,14 +252,34 @@ def load_rows(source: Source, split: str, path: Path | None = None, *, keep_dupl
     return Loaded(kept.select(QUESTION_SCHEMA.names).cast(QUESTION_SCHEMA), all_rejects)
 
 
-def check_rows(table: pa.Table, *, allow_duplicate_options: bool = False) -> tuple[pa.Table, pa.Table]:
-    """Table-wide checks as polars expressions: split canonical rows into kept rows and rejects with reasons."""
+def check_rows(pieces: list[pa.Table], *, allow_duplicate_options: bool = False) -> tuple[pa.Table, pa.Table]:
+    """Table-wide checks as polars expressions: split canonical rows (the consecutive `pieces` of one table, taken
+    out of the list as they are checked) into kept rows and rejects with reasons.
+
+    Only the duplicate-id check reads a whole column; the others run a piece at a time, so their intermediate lists
+    stay the size of a piece and each piece is freed once its kept rows are copied out."""
+    ids = pa.chunked_array([c for piece in pieces for c in piece.column("id").chunks], pa.string())
+    later = (~pl.from_arrow(ids).is_first_distinct()).to_arrow()
+    kept, rejects, start = [], [], 0
+    while pieces:
+        piece = pieces.pop(0)
+        piece = piece.append_column("_dup_id", later.slice(start, piece.num_rows))
+        start += piece.num_rows
+        k, r = _check_chunk(piece, allow_duplicate_options)
+        kept.append(k)
+        rejects.append(r)
+        del piece
+    return pa.concat_tables(kept), pa.concat_tables(rejects)
+
+
+def _check_chunk(table: pa.Table, allow_duplicate_options: bool) -> tuple[pa.Table, pa.Table]:
+    """`check_rows` on a slice whose `_dup_id` column already says which ids were seen before."""
     df = pl.from_arrow(table)
     texts = pl.col("options").list.eval(pl.element().struct.field("text").str.strip_chars().str.to_lowercase())
     labels = pl.col("options").list.eval(pl.element().struct.field("label"))
     n_opts = pl.col("options").list.len()
     duplicate_texts = texts.list.n_unique() < n_opts
-    later_duplicate_id = pl.int_range(pl.len()).over("id") > 0
+    later_duplicate_id = pl.col("_dup_id")
     reason = (
         pl.when(pl.col("question").str.strip_chars() == "")
         .then(pl.lit("empty_question"))
@@ -305,5 +325,5 @@ def check_rows(table: pa.Table, *, allow_duplicate_options: bool = False) -> tup
         .alias("detail"),
         pl.col("question").str.slice(0, RAW_CHARS).alias("raw"),
     )
-    kept = df.filter(pl.col("_reason").is_null()).drop("_reason")
+    kept = df.filter(pl.col("_reason").is_null()).drop("_reason", "_dup_id")
     return kept.to_arrow(), rejects.to_arrow().cast(REJECT_SCHEMA)
