@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,6 +44,7 @@ from medr1_data.teacher.run import prepare, require_complete
 from medr1_data.verify import verify
 
 BATCH_ROWS = 32_768
+QUESTION_PART_ROWS = 65_536  # rows per part of the question stages (fixed: their checkpoints do not depend on it)
 # question-level drops: made before any request is paid, or (a dataset teacher) no trace of the question exists
 PRE_TEACHER_DROPS = ("contaminated", "near_duplicate", "not_in_dataset")
 
@@ -112,9 +115,13 @@ def require_hub(b: Build, needs: list[str], local_way: str) -> None:
 
 
 def stage_ingest(_: Parts | None, b: Build) -> Parts:
-    """Read every source split of the recipe into one canonical table; rejects go to `rejects.parquet`."""
+    """Read every source split of the recipe into one canonical table, in release order (by id), as parts of
+    `QUESTION_PART_ROWS`; rejects go to `rejects.parquet`."""
+    table = ingest(b)
+    order = sort_order(table)
     writer = b.writer()
-    writer.write(ingest(b))
+    for start in range(0, max(len(order), 1), QUESTION_PART_ROWS):
+        writer.write(take_rows(table, order[start : start + QUESTION_PART_ROWS]))
     return writer.close()
 
 
@@ -170,7 +177,9 @@ def stage_decontam(parts: Parts, b: Build) -> Parts:
     """`contam_*` columns against every benchmark of the recipe; contaminated questions get a drop_reason."""
     from medr1_data.benchmarks import load_benchmark
     from medr1_data.benchmarks import resolve as resolve_benchmark
-    from medr1_data.decontam import decontaminate
+    from medr1_data.decontam import OUT_FIELDS as DECONTAM_FIELDS
+    from medr1_data.decontam import build_index, decontaminate
+    from medr1_data.decontam import report as decontam_report
 
     r = b.recipe
     folder = r.resolve(r.decontam.benchmark_dir) if r.decontam.benchmark_dir else None
@@ -181,12 +190,25 @@ def stage_decontam(parts: Parts, b: Build) -> Parts:
         path = r.spec_path(spec)
         name, loaded = load_benchmark(f"{spec.partition('=')[0]}={path}" if path else spec, folder)
         benches.append((name, loaded.table))
-    table = check_input(parts.read(), contracts.QUESTIONS, "decontam stage input")
-    out, report = decontaminate(table, benches, r.decontam.parsed())
+    index = build_index(benches, r.decontam.parsed())
+    start, flags, questions = time.perf_counter(), [], 0
+
+    def one(table: pa.Table) -> pa.Table:  # a part at a time: each row's result reads only that row and the index
+        nonlocal questions
+        out, part_report = decontaminate(check_input(table, contracts.QUESTIONS, "decontam stage input"), index)
+        flags.append(out.select(["contaminated", "contam_benchmark", "contam_rule"]))
+        questions += part_report["questions_checked"]
+        return _mark_dropped(out, pl.col("contaminated"), "contaminated")
+
+    read = [*_columns(contracts.QUESTIONS), "drop_reason"]
+    own = [f.name for f in DECONTAM_FIELDS] + ["drop_reason"]
+    written = _map_parts(parts, b, one, read, own)
+    flagged = pl.from_arrow(pa.concat_tables(flags))
+    report = decontam_report(index, flagged, questions, time.perf_counter() - start, index.settings)
     b.stats["decontam"] = report
     (b.build_dir / "decontam_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     b.log(f"decontam: {report['rows_flagged']} of {report['rows']} rows match a benchmark item")
-    return _write_questions(_mark_dropped(out, pl.col("contaminated"), "contaminated"), parts, b)
+    return written
 
 
 def _write_questions(table: pa.Table, parts: Parts, b: Build) -> Parts:
@@ -201,7 +223,9 @@ def stage_dedup(parts: Parts, b: Build) -> Parts:
     from medr1_data.dedup import dedup
 
     settings = b.recipe.dedup.parsed()
-    out = dedup(check_input(parts.read(), contracts.QUESTIONS, "dedup stage input"), settings)
+    read = [*_columns(contracts.QUESTIONS), "source", "drop_reason"]  # what the keep rule and the output need
+    out = dedup(check_input(parts.read(read), contracts.QUESTIONS, "dedup stage input"), settings)
+    out = out.select([c for c in ("id", "dup_cluster", "dup_keep", "drop_reason") if c in out.column_names])
     clusters = pl.from_arrow(out.select(["dup_cluster", "dup_keep"]))
     b.stats["dedup"] = {
         "questions": clusters.height,
@@ -245,19 +269,35 @@ def _skipped_rows(questions: pa.Table) -> pa.Table:
     return questions
 
 
+def _split_dropped(parts: Parts) -> tuple[pa.Table, pa.Table, np.ndarray]:
+    """The questions still to distill (no `drop_reason`) and those dropped before, read a part at a time (so the
+    whole table is never held twice), and which rows are active, in release order."""
+    active, skipped, masks, last = [], [], [], None
+    for table in parts.tables():
+        table = check_input(table, contracts.DISTILL, "distill stage input")
+        ids = pl.from_arrow(table.column("id"))
+        if not ids.is_sorted() or (last is not None and len(ids) and ids[0] < last):
+            raise Medr1Error("distill stage input: rows are not in id order (the question stages keep ingest's order)")
+        last = ids[-1] if len(ids) else last
+        if "drop_reason" not in table.column_names:
+            table = table.append_column("drop_reason", pa.nulls(table.num_rows, pa.string()))
+        mask = pc.is_null(table.column("drop_reason"))
+        active.append(table.filter(mask).drop_columns(["drop_reason"]))
+        skipped.append(table.filter(pc.invert(mask)))
+        masks.append(mask.to_numpy(zero_copy_only=False))
+    return pa.concat_tables(active), pa.concat_tables(skipped), np.concatenate(masks)
+
+
 def stage_distill(parts: Parts, b: Build) -> Parts:
     """Teacher traces, one row per (question, sample), in release order, a part of about `b.batch_rows` traces at a
     time; questions already dropped are not sent (nothing is paid) and stay as one row each."""
     teacher = dataclasses.replace(b.recipe.teacher, cache=str(b.recipe.resolve(b.recipe.teacher.cache)))
-    table = check_input(parts.read(), contracts.DISTILL, "distill stage input").sort_by("id")
-    if "drop_reason" not in table.column_names:
-        table = table.append_column("drop_reason", pa.nulls(table.num_rows, pa.string()))
+    active, skipped, is_active = _split_dropped(parts)
     per_part = max(1, b.batch_rows // teacher.samples)
-    cuts = _cuts(table.num_rows, per_part)
-    is_active = pc.is_null(table.column("drop_reason"))
-    before = pc.cumulative_sum(pc.cast(is_active, pa.int64())).to_numpy() if table.num_rows else []
-    active_cuts = [0] + [int(before[c - 1]) if c else 0 for c in cuts[1:]]
-    active = table.filter(is_active).drop_columns(["drop_reason"])
+    cuts = _cuts(len(is_active), per_part)
+    active_before = np.concatenate([[0], np.cumsum(is_active)])
+    active_cuts = [int(active_before[c]) for c in cuts]
+    skipped_cuts = [c - a for c, a in zip(cuts, active_cuts, strict=True)]
     run = require_complete(prepare(active, active_cuts, teacher, b.build_dir / "distill-spill", quiet=b.quiet), teacher)
     writer = b.writer()
     try:
@@ -265,9 +305,8 @@ def stage_distill(parts: Parts, b: Build) -> Parts:
             traces = run.traces(p)
             absent = pc.if_else(pc.is_valid(traces.column("error")), "not_in_dataset", pa.scalar(None, pa.string()))
             traces = traces.append_column("drop_reason", absent)  # only a dataset teacher leaves rows unanswered
-            here = table.slice(cuts[p], cuts[p + 1] - cuts[p])
-            skipped = _skipped_rows(here.filter(pc.invert(pc.is_null(here.column("drop_reason")))))
-            out = pa.concat_tables([traces, skipped.select(traces.column_names).cast(traces.schema)])
+            here = _skipped_rows(skipped.slice(skipped_cuts[p], skipped_cuts[p + 1] - skipped_cuts[p]))
+            out = pa.concat_tables([traces, here.select(traces.column_names).cast(traces.schema)])
             writer.write(take_rows(out, sort_order(out)))
             b.progress_rows(out.num_rows)
     finally:
