@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from medr1_data.prompts import THINK_INLINE_FORMAT, get_template
 from medr1_data.shards import MANIFEST, read_manifest, release_files
@@ -52,7 +53,7 @@ def load_release(cfg: DataConfig) -> tuple[Any, dict[str, Any]]:
         files = release_files(path, cfg.split)  # checks every shard's size and sha256 against the manifest
         m = read_manifest(path)
         recipe = m.get("recipe") or {}
-        return _from_parquet(files), {
+        return _from_parquet(files, cfg), {
             "dataset": str(path.resolve()),
             "revision": f"{recipe.get('name')}@{recipe.get('version')} (recipe sha256 {m.get('recipe_sha256')})",
             "files": [f.name for f in files],
@@ -67,7 +68,7 @@ def load_release(cfg: DataConfig) -> tuple[Any, dict[str, Any]]:
         if not files:
             raise ConfigError(f"{path}: no Parquet files (expected data/{cfg.split}-*.parquet, as medr1-data builds)")
         ref = {"dataset": str(path.resolve()), "revision": None, "files": [f.name for f in files]}
-        return _from_parquet(files), ref
+        return _from_parquet(files, cfg), ref
     if cfg.dataset.startswith(("/", "./", "../", "~")) or cfg.dataset.count("/") > 1:
         raise ConfigError(f"data.dataset '{cfg.dataset}': no such file or folder")
     try:
@@ -87,12 +88,26 @@ def load_release(cfg: DataConfig) -> tuple[Any, dict[str, Any]]:
     return ds, ref
 
 
-def _from_parquet(files: list[Path]) -> Any:
-    """Parquet files as one memory-mapped `datasets.Dataset` (the Arrow cache file is written once, then reused)."""
+SELECTION_COLUMNS = ["id", "source", "sample_idx", "is_correct", "quality_score", "contaminated"]
+EXAMPLE_COLUMNS = ["question", "options", "answer_label", "context"]
+
+
+def training_columns(names: list[str], cfg: DataConfig) -> list[str]:
+    """The columns of a release with columns `names` that selection and tokenisation read (in the release's order):
+    the small ones, and the chat column or the fields the assistant turn is rendered from."""
+    wanted = {*SELECTION_COLUMNS, *EXAMPLE_COLUMNS}
+    wanted |= {cfg.messages} if cfg.messages in names else set(format_fields(cfg.assistant_format))
+    return [n for n in names if n in wanted]
+
+
+def _from_parquet(files: list[Path], cfg: DataConfig) -> Any:
+    """Parquet files as one memory-mapped `datasets.Dataset` of the columns training reads (the Arrow cache file is
+    written once, then reused)."""
     import datasets
 
     try:
-        return datasets.Dataset.from_parquet([str(f) for f in files])
+        columns = training_columns(pq.read_schema(files[0]).names, cfg)
+        return datasets.Dataset.from_parquet([str(f) for f in files], columns=columns)
     except Exception as e:  # files of another tool whose schemas `datasets` cannot join
         raise ConfigError(f"{files[0].parent}: could not read the Parquet files as one table: {e}") from None
 
@@ -110,8 +125,7 @@ def select_rows(release: pa.Table, cfg: DataConfig, seed: int) -> tuple[np.ndarr
     counts: dict[str, int] = {"rows_read": release.num_rows}
     for col in ("id", "question", "options", "answer_label"):
         _require(release, col, "every example")
-    small = ["id", "source", "sample_idx", "is_correct", "quality_score", "contaminated"]
-    table = release.select([c for c in small if c in release.column_names])
+    table = release.select([c for c in SELECTION_COLUMNS if c in release.column_names])
     table = table.append_column("_row", pa.array(np.arange(release.num_rows, dtype=np.int64)))
 
     def keep(mask: pa.ChunkedArray | pa.Array, reason: str) -> None:
