@@ -3,8 +3,9 @@
 The dataset is read a batch at a time (`batches.py`), each batch mapped to canonical rows (`layouts.py`) and run
 through the same stage functions a build uses: decontamination against a benchmark index built once, verification
 where a gold answer exists, trace-quality scores. Only the question columns of every row are kept for the
-near-duplicate pass at the end, and flagged rows are written as they are found, so memory holds one batch of
-traces at a time. Writes `report.json`, `report.md` and `flagged.parquet` to the output folder.
+near-duplicate pass at the end (spilled to a Parquet file in the output folder until then), and flagged rows are
+written as they are found, so memory holds one batch of traces at a time. Writes `report.json`, `report.md` and
+`flagged.parquet` to the output folder.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from medr1_data.contracts import check_input
 from medr1_data.decontam import BenchmarkIndex, DecontamSettings, build_index, decontaminate
 from medr1_data.dedup import DedupSettings, dedup
 from medr1_data.layouts import map_rows, resolve_layout
+from medr1_data.parts import COMPRESSION
 from medr1_data.progress import release_memory
 from medr1_data.score import score
 from medr1_data.verify import verify
@@ -44,6 +46,7 @@ FLAGGED_SCHEMA = pa.schema(
     ]
 )
 QUESTION_COLUMNS = ["id", "question", "options", "answer_label", "context"]
+QUESTIONS_SPILL = "questions.tmp.parquet"  # removed once the near-duplicate pass has read it
 EXCERPT_CHARS = 160
 
 
@@ -112,8 +115,8 @@ def _benchmark_index(benchmarks: list[tuple[str, pa.Table]]) -> BenchmarkIndex:
 def _scan(spec: str, split: str, index: BenchmarkIndex, out: Path, rows: int, examples: int) -> tuple:
     """One pass over the dataset: decontam, verify, score per batch. (tally, input, layout, question tables)."""
     layout, source, batches = open_dataset(spec, split, rows)
-    t, questions = Tally(), []
-    with pq.ParquetWriter(out / FLAGGED, FLAGGED_SCHEMA) as writer:
+    t, questions = Tally(), _QuestionSpill(out / QUESTIONS_SPILL)
+    with pq.ParquetWriter(out / FLAGGED, FLAGGED_SCHEMA) as writer, questions:
         for batch in batches:
             layout = resolve_layout(layout, batch.schema.names, source.describe())
             mapped, rejected = map_rows(batch, layout, split, t.rows)
@@ -127,7 +130,7 @@ def _scan(spec: str, split: str, index: BenchmarkIndex, out: Path, rows: int, ex
             writer.write_table(flagged)
             _tally_contamination(t, flagged, examples)
             _tally_traces(t, mapped)
-            questions.append(mapped.select(QUESTION_COLUMNS).combine_chunks())
+            questions.write(mapped.select(QUESTION_COLUMNS))
             del mapped, dec, flagged
             release_memory()  # a batch's traces are Python strings for a moment: give their heap back
     if layout is None:
@@ -135,10 +138,38 @@ def _scan(spec: str, split: str, index: BenchmarkIndex, out: Path, rows: int, ex
     return t, source, layout, questions
 
 
-def _duplicates(questions: list[pa.Table], examples: int) -> dict[str, Any]:
-    if not questions:
+class _QuestionSpill:
+    """The question columns of every mapped row, written to a Parquet file as the batches pass (not held in memory
+    during the scan) and read back once for the near-duplicate pass."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.writer = path, None
+
+    def write(self, table: pa.Table) -> None:
+        """Append a batch's question columns."""
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema, **COMPRESSION)
+        self.writer.write_table(table.cast(self.writer.schema))
+
+    def read(self) -> pa.Table | None:
+        """Every row written, or None when there was none."""
+        return pq.read_table(self.path) if self.path.exists() else None
+
+    def __enter__(self) -> _QuestionSpill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _duplicates(questions: _QuestionSpill, examples: int) -> dict[str, Any]:
+    table = questions.read()
+    questions.path.unlink(missing_ok=True)
+    if table is None or not table.num_rows:
         return {"questions": 0, "clusters_with_duplicates": 0, "duplicate_rows": 0, "examples": []}
-    out = pl.from_arrow(dedup(pa.concat_tables(questions), DedupSettings()).select(["id", "dup_cluster", "dup_keep"]))
+    out = pl.from_arrow(dedup(table, DedupSettings()).select(["id", "dup_cluster", "dup_keep"]))
+    del table
     dups = out.filter(pl.col("dup_cluster").is_duplicated())
     sample = dups.filter(~pl.col("dup_keep")).head(examples)
     return {
@@ -165,7 +196,6 @@ def audit(
     index = _benchmark_index(benchmarks)
     t, source, layout, questions = _scan(spec, split, index, out, batch_rows, examples)
     dups = _duplicates(questions, examples)
-    del questions
     per_bench: dict[str, dict[str, Any]] = {
         name: {"items": n, "rows_flagged": 0, "by_rule": {}, "examples": t.examples.get(name, [])}
         for name, n in index.counts.items()
