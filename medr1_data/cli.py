@@ -206,6 +206,7 @@ def _add_audit(sub: Sub) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from medr1_data.build import run, summary_rows
     from medr1_data.recipe import load_recipe
+    from medr1_data.stages import BATCH_ROWS
 
     recipe = load_recipe(args.recipe, args.set)
     b = run(
@@ -214,7 +215,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         from_stage=args.from_stage,
         until_stage=args.until_stage,
-        batch_rows=args.batch_rows,
+        batch_rows=BATCH_ROWS if args.batch_rows is None else args.batch_rows,
     )
     print(_table(summary_rows(b), ["", "rows"]))
     done = [s["stage"] for s in b.report]
@@ -352,9 +353,9 @@ def _add_build(sub: Sub) -> None:
     s.add_argument(
         "--batch-rows",
         type=int,
-        default=32_768,
         metavar="N",
-        help="traces per part of the trace stages (memory holds about one part; the release does not depend on it)",
+        help="traces per part of the trace stages (default: stages.BATCH_ROWS, 32,768; memory holds about one part; "
+        "the release does not depend on it)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_build)

@@ -19,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medr1_data.schema import normalize
+
 # Parts are read back by this machine only: zstd level 1 writes ~3x faster than the release shards' level.
 COMPRESSION = {"compression": "zstd", "compression_level": 1}
 
@@ -153,3 +155,38 @@ class PartsWriter:
             self.write(schema_of_empty if schema_of_empty is not None else pa.table({}))
         assert self.columns is not None and self.own is not None
         return Parts(self.folder, self.files, self.columns, self.own, self.base)
+
+
+class RowGroupWriter:
+    """A Parquet file written from tables that arrive in order, in row groups of exactly `group_rows` rows (so the
+    file does not depend on how the rows arrived)."""
+
+    def __init__(self, path: Path, group_rows: int = 16_384) -> None:
+        self.path, self.group_rows = path, group_rows
+        self.writer: pq.ParquetWriter | None = None
+        self.buffer: list[pa.Table] = []
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Add rows; full row groups are written."""
+        table = normalize(table)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.buffer.append(table.cast(self.writer.schema))
+        self.rows += table.num_rows
+        while self.rows >= self.group_rows:
+            self._flush(self.group_rows)
+
+    def _flush(self, n: int) -> None:
+        whole = pa.concat_tables(self.buffer)
+        assert self.writer is not None
+        self.writer.write_table(whole.slice(0, n).combine_chunks(), row_group_size=max(1, n))
+        rest = whole.slice(n)
+        self.buffer, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> None:
+        """Write the last row group and close the file."""
+        if self.rows:
+            self._flush(self.rows)
+        if self.writer is not None:
+            self.writer.close()

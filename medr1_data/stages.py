@@ -32,7 +32,7 @@ from medr1_data import Medr1Error, __version__, contracts
 from medr1_data import sources as source_registry
 from medr1_data.card import length_stats, text_lengths
 from medr1_data.contracts import check_input
-from medr1_data.parts import Parts, PartsWriter
+from medr1_data.parts import Parts, PartsWriter, RowGroupWriter
 from medr1_data.progress import BuildProgress, release_memory
 from medr1_data.prompts import get_template
 from medr1_data.recipe import Recipe
@@ -363,41 +363,6 @@ def stage_select(parts: Parts, b: Build) -> Parts:
     return _map_parts(parts, b, lambda t: select(t, b.recipe.select), read, ["drop_reason"])
 
 
-class _RowGroups:
-    """A Parquet file written from tables that arrive in order, in row groups of exactly `group_rows` rows (so the
-    file does not depend on how the rows arrived)."""
-
-    def __init__(self, path: Path, group_rows: int = 16_384) -> None:
-        self.path, self.group_rows = path, group_rows
-        self.writer: pq.ParquetWriter | None = None
-        self.buffer: list[pa.Table] = []
-        self.rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        """Add rows; full row groups are written."""
-        table = normalize(table)
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema)
-        self.buffer.append(table.cast(self.writer.schema))
-        self.rows += table.num_rows
-        while self.rows >= self.group_rows:
-            self._flush(self.group_rows)
-
-    def _flush(self, n: int) -> None:
-        whole = pa.concat_tables(self.buffer)
-        assert self.writer is not None
-        self.writer.write_table(whole.slice(0, n).combine_chunks(), row_group_size=max(1, n))
-        rest = whole.slice(n)
-        self.buffer, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
-
-    def close(self) -> None:
-        """Write the last row group and close the file."""
-        if self.rows:
-            self._flush(self.rows)
-        if self.writer is not None:
-            self.writer.close()
-
-
 INTERNAL = ["drop_reason", "error", "dup_keep", "contam_benchmark", "contam_item_id", "contam_score", "contam_rule"]
 
 
@@ -406,7 +371,7 @@ def _write_release(parts: Parts, b: Build) -> tuple[list[dict[str, Any]], pa.Sch
     time; returns the shards' manifest entries, the release schema and the kept rows' lengths."""
     derive = functools.partial(chat_columns, template=get_template(b.recipe.teacher.template))
     shards = ShardWriter(b.out, b.recipe.output, derive)
-    dropped = _RowGroups(b.build_dir / "dropped.parquet")
+    dropped = RowGroupWriter(b.build_dir / "dropped.parquet")
     lengths = []
     try:
         for table in parts.tables():
