@@ -300,7 +300,7 @@ def _run(
             )
         running = True
         table, entry = _compute(name, keys[i], table, checkpoints, b)
-        release_memory()  # the next stage's peak starts from what is live
+        release_memory(collect=True)  # the next stage's peak starts from what is live
         _record(entry, b)
     _write_report(b, last == len(stages) - 1, time.perf_counter() - started)
     return b

@@ -113,12 +113,25 @@ def _format_column(fmt: str, **columns: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(*pieces, "")
 
 
+def _last_turn_only(values: pa.Array) -> pa.Array:
+    """A string array of 3n turns whose turn 3i+2 is `values[i]` and the others null, sharing `values`' bytes."""
+    n = len(values)
+    if not n:
+        return pa.array([], pa.string())
+    ends = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset : values.offset + n + 1]
+    offsets = np.append(np.repeat(ends[:-1], 3), ends[-1])
+    valid = np.zeros(3 * n, dtype=bool)
+    valid[2::3] = values.is_valid().to_numpy(zero_copy_only=False)
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.StringArray.from_buffers(3 * n, pa.py_buffer(offsets), values.buffers()[2], bitmap)
+
+
 def chat_columns(table: pa.Table, template: Template) -> pa.Table:
     """`messages` and `messages_think_inline` of each row: system, user (as `template` renders it), assistant.
 
     The assistant's content is `<answer>X</answer>`; the thinking (trimmed) is its `reasoning_content` in `messages`
     and comes inline before the answer in `messages_think_inline`. Only the user turns are built in Python; the
-    thinking is never copied out of Arrow.
+    thinking is copied out of Arrow once, for the inline turn (`messages` shares the trimmed thinking's bytes).
     """
     n = table.num_rows
     questions, options = table.column("question").to_pylist(), table.column("options").to_pylist()
@@ -134,14 +147,16 @@ def chat_columns(table: pa.Table, template: Template) -> pa.Table:
     roles = pa.array(["system", "user", "assistant"] * n, pa.string())
 
     def conversations(field: pa.Field, *contents: pa.Array) -> pa.ListArray:
-        """One list of 3 turns per row; each of `contents` is a struct field's (system, user, assistant) columns."""
-        values = [roles, *(pa.concat_arrays(per_turn).take(turns) for per_turn in contents)]
+        """One list of 3 turns per row; each of `contents` is a struct field's 3n turn values, row by row."""
+        values = [roles, *contents]
         return pa.ListArray.from_arrays(offsets, pa.StructArray.from_arrays(values, fields=list(field.type.value_type)))
 
-    no_reasoning = pa.nulls(n, pa.string())
+    def by_row(*per_turn: pa.Array) -> pa.Array:
+        return pa.chunked_array(per_turn, pa.string()).take(turns).combine_chunks()
+
     fields = {f.name: f for f in CHAT_FIELDS}
-    messages = conversations(fields["messages"], (system, user, answer), (no_reasoning, no_reasoning, reasoning))
-    think_inline = conversations(fields["messages_think_inline"], (system, user, inline))
+    messages = conversations(fields["messages"], by_row(system, user, answer), _last_turn_only(reasoning))
+    think_inline = conversations(fields["messages_think_inline"], by_row(system, user, inline))
     return pa.table({"messages": messages, "messages_think_inline": think_inline})
 
 
