@@ -29,6 +29,9 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from medr1_data.streaming import row_group_batches  # noqa: E402
+
 CHUNK = 50_000
 PLANTED = 20
 
@@ -86,7 +89,7 @@ def generate(path: Path, rows: int, data: Path, seed: int) -> None:
 def io_floor(path: Path) -> float:
     """Seconds to scan the file in batches (reading and decoding every value)."""
     start = time.perf_counter()
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
+    for batch in row_group_batches(pq.ParquetFile(path), 50_000):
         batch.column(0).flatten()
     return time.perf_counter() - start
 
@@ -96,7 +99,7 @@ def mapping_only(path: Path) -> float:
     from medr1_data.layouts import Layout, map_rows
 
     start, offset = time.perf_counter(), 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
+    for batch in row_group_batches(pq.ParquetFile(path), 50_000):
         map_rows(batch, Layout("messages"), "train", offset)
         offset += batch.num_rows
     return time.perf_counter() - start

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from medr1_data import Medr1Error
 from medr1_data.layouts import Layout, parse_layout
+from medr1_data.streaming import row_group_batches
 
 SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -73,7 +74,7 @@ def local_batches(path: Path, rows: int) -> tuple[Input, Iterator[pa.RecordBatch
         for file in files:
             if file.suffix == ".parquet":
                 try:  # one row group at a time, no read-ahead: memory holds a batch
-                    yield from pq.ParquetFile(file).iter_batches(batch_size=rows)
+                    yield from row_group_batches(pq.ParquetFile(file), rows)
                 except (pa.ArrowInvalid, OSError) as e:
                     raise Medr1Error(f"{file}: cannot read as Parquet: {' '.join(str(e).split())[:300]}") from None
             else:
