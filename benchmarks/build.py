@@ -1,7 +1,7 @@
 """The whole build at scale, offline: N generated questions and N recorded teacher responses -> release + card.
 
 Usage: python benchmarks/build.py --rows 170000 [--rows 500000 ...] [--json OUT.json] [--keep DIR] [--seed 0]
-       [--no-second-build] [--max-rss-gb 8]
+       [--no-second-build] [--max-rss-gb 8] [--against REV]
 
 Generates N questions in the sources' native formats (MedQA JSON lines, MedMCQA JSON lines, PubMedQA
 `ori_pqal.json` + `test_ground_truth.json`, about 6 / 90 / 4 %, 1 % near-duplicates), a small benchmark test file
@@ -13,6 +13,8 @@ stage's seconds and peak RSS from `build_report.json`, the build's wall time and
 into one zstd Parquet file, which any build has to do. Then it runs the build again on the same
 folder: every stage is served from its checkpoint (the resume path), and the two builds' shard checksums must
 match. With several --rows it does all of this for each size and ends with one table of them side by side.
+With --against REV it also builds the same inputs with the library as of git revision REV, right after this
+checkout's build, in the same run: the ratio of the two is what a change did, whatever the machine's speed today.
 """
 
 from __future__ import annotations
@@ -354,17 +356,18 @@ def generate_all(work: Path, rows: int, seed: int) -> int:
 
 
 def run_build(
-    recipe_path: Path, out: Path, until: str | None = None, max_rss_mb: float = math.inf
+    recipe_path: Path, out: Path, until: str | None = None, max_rss_mb: float = math.inf, cwd: Path = ROOT
 ) -> tuple[float, float, dict]:
     """Run `medr1-data build` in a child process: (seconds, peak RSS MB sampled from outside, build_report.json).
 
     The child's own per-stage peaks (the kernel's high-water mark, reset at each stage) are in the report; the
     parent samples the child's VmRSS every 50 ms as an independent check (it can miss a peak shorter than that).
+    `cwd` holds the `medr1_data` that runs (this checkout's, or a baseline revision's).
     """
     cmd = [sys.executable, "-m", "medr1_data.cli", "build", "--recipe", str(recipe_path), "--out", str(out), "--quiet"]
     cmd += ["--until", until] if until else []
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
     sampled = 0
     status = Path(f"/proc/{proc.pid}/status")
     while proc.poll() is None:
@@ -426,6 +429,7 @@ def measure(rows: int, args: argparse.Namespace, work: Path) -> dict:
     out = work / "release"
     limit = args.max_rss_gb * 1024
     seconds, sampled_mb, report = run_build(recipe_path, out, args.until, limit)
+    base_s = baseline_build(recipe_path, work, args) if args.against else math.nan
     complete = report["complete"]
     first_manifest = (out / "manifest.json").read_bytes() if complete else b'{"files": []}'
     floor_s = floor(recipe_path, work)
@@ -462,6 +466,9 @@ def measure(rows: int, args: argparse.Namespace, work: Path) -> dict:
     print(f"{'rebuild: every stage from its checkpoint':44} {again_s:>8.2f} {again_s / floor_s:>8.2f}x")
     if not math.isnan(fresh_s):
         print(f"{'second full build, fresh folder':44} {fresh_s:>8.2f} {fresh_s / floor_s:>8.2f}x")
+    if not math.isnan(base_s):
+        print(f"{f'baseline: the library at {args.against}':44} {base_s:>8.2f} {base_s / floor_s:>8.2f}x")
+        print(f"this checkout / baseline: {seconds / base_s:.2f}x the time")
     print(f"manifest unchanged by the rebuild: {same}; fresh build's shards byte-identical: {same_fresh}", flush=True)
     return {
         "rows": rows,
@@ -476,6 +483,8 @@ def measure(rows: int, args: argparse.Namespace, work: Path) -> dict:
         "second_build_byte_identical": same_fresh,
         "floor_seconds": round(floor_s, 2),
         "rebuild_seconds": round(again_s, 2),
+        "baseline": args.against,
+        "baseline_seconds": None if math.isnan(base_s) else round(base_s, 2),
         "stages": {
             s["stage"]: {k: s.get(k) for k in ("rows_in", "rows_out", "seconds", "peak_rss_mb")}
             for s in report["stages"]
@@ -483,15 +492,35 @@ def measure(rows: int, args: argparse.Namespace, work: Path) -> dict:
     }
 
 
+def baseline_build(recipe_path: Path, work: Path, args: argparse.Namespace) -> float:
+    """Seconds of a build of the same inputs by the library at `--against` (its own folders, removed after)."""
+    from revision import old_tree
+
+    tree = old_tree(args.against, work / "baseline-src")
+    if tree is None:
+        sys.exit(f"--against {args.against}: git cannot export that revision")
+    try:
+        return run_build(recipe_path, work / "baseline", args.until, args.max_rss_gb * 1024, cwd=tree)[0]
+    finally:
+        for name in ("baseline-src", "baseline", "baseline.build"):
+            shutil.rmtree(work / name, ignore_errors=True)
+
+
 def summary(results: list[dict]) -> None:
-    """One line per size: time, time per 100K rows, peak RSS and the I/O floor of the same run."""
+    """One line per size: time, time per 100K rows, peak RSS and the I/O floor (and baseline) of the same run."""
     head = f"{'rows':>10} {'kept':>10} {'build s':>8} {'s/100K':>7} {'peak RSS GB':>12} {'floor s':>8} {'vs floor':>9}"
-    print("\n" + head)
+    base = results[0]["baseline"] if results and results[0]["baseline_seconds"] else None
+    print("\n" + head + (f" {'baseline s':>10} {'vs baseline':>11}" if base else ""))
     for r in results:
-        print(
+        line = (
             f"{r['rows']:>10,} {r['kept']:>10,} {r['seconds']:>8.1f} {r['seconds'] / r['rows'] * 1e5:>7.1f} "
             f"{r['peak_rss_mb'] / 1024:>12.2f} {r['floor_seconds']:>8.1f} {r['seconds'] / r['floor_seconds']:>8.1f}x"
         )
+        if base:
+            line += f" {r['baseline_seconds']:>10.1f} {r['seconds'] / r['baseline_seconds']:>10.2f}x"
+        print(line)
+    if base:
+        print(f"(baseline: the library at git revision {base}, building the same inputs in the same run)")
 
 
 def main() -> None:
@@ -504,6 +533,7 @@ def main() -> None:
     p.add_argument("--no-second-build", action="store_true", help="skip the second full build (byte-identity check)")
     p.add_argument("--until", metavar="STAGE", help="stop the builds after this stage")
     p.add_argument("--max-rss-gb", type=float, default=math.inf, help="kill the build when its RSS passes this")
+    p.add_argument("--against", metavar="REV", help="also build with the library at this git revision (baseline)")
     args = p.parse_args()
     sizes = args.rows or [170_000]
     results = []

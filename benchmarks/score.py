@@ -16,11 +16,9 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import types
-from io import BytesIO
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +26,9 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from revision import old_tree  # noqa: E402
 
 from medr1_data.parts import COMPRESSION  # noqa: E402
 from medr1_data.score import score  # noqa: E402
@@ -46,17 +47,6 @@ def baseline(table: pa.Table) -> int:
         label = next((g for g in found[-1] if g), None) if found else None
         correct += label == gold
     return correct
-
-
-def old_tree(rev: str, into: Path) -> Path | None:
-    """`medr1_data/` as of `rev`, unpacked under `into` (git archive; the checkout is not touched)."""
-    try:
-        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "medr1_data"], capture_output=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    with tarfile.open(fileobj=BytesIO(tar.stdout)) as archive:
-        archive.extractall(into, filter="data")
-    return into
 
 
 def old_modules(tree: Path) -> tuple[types.ModuleType, types.ModuleType]:

@@ -261,8 +261,9 @@ def check_rows(pieces: list[pa.Table], *, allow_duplicate_options: bool = False)
     ids = pa.chunked_array([c for piece in pieces for c in piece.column("id").chunks], pa.string())
     later = (~pl.from_arrow(ids).is_first_distinct()).to_arrow()
     kept, rejects, start = [], [], 0
+    pieces.reverse()  # taken off the end, in table order
     while pieces:
-        piece = pieces.pop(0)
+        piece = pieces.pop()
         piece = piece.append_column("_dup_id", later.slice(start, piece.num_rows))
         start += piece.num_rows
         k, r = _check_chunk(piece, allow_duplicate_options)
