@@ -197,7 +197,8 @@ def _option_set(
     pairs: tuple[tuple[str, str], ...],
 ) -> tuple[tuple[str, ...], list[tuple[str, str]], int, dict[str, str]]:
     """Labels, normalised option texts (longest first), the longest text's length, and the word answers."""
-    texts = sorted(((lab, _norm(t)) for lab, t in pairs if _norm(t)), key=lambda p: -len(p[1]))
+    normed = [(lab, _norm(t)) for lab, t in pairs]
+    texts = sorted(((lab, n) for lab, n in normed if n), key=lambda p: -len(p[1]))
     # Word answers (PubMedQA's yes/no/maybe) are accepted in place of a letter when they are option texts.
     by_word = {t.strip().lower(): lab for lab, t in pairs if len(t.split()) == 1 and not t.strip().isupper()}
     return tuple(lab for lab, _ in pairs), texts, max((len(t) for _, t in pairs), default=0), by_word
