@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
-from medr1_data.teacher.cache import ResponseCache
+from medr1_data.teacher.cache import CACHE_COLUMNS, ResponseCache
 from medr1_data.teacher.plan import missing_jobs, plan_requests
 from medr1_data.teacher.settings import TeacherSettings
 
@@ -14,6 +14,7 @@ from medr1_data.teacher.settings import TeacherSettings
 R1_MEAN_COMPLETION_TOKENS = 1600
 BYTES_PER_TOKEN = 4.0  # prompt-size guess for the estimate (R1's tokenizer gives about 4.4 on English text)
 MIN_OBSERVED = 20  # cached responses of the model needed before their numbers replace the guesses
+ESTIMATE_COLUMNS = pa.schema([CACHE_COLUMNS.field(name) for name in ("key", "model", "usage")])  # no trace text
 
 
 def _size(messages: list[dict[str, str]]) -> int:
@@ -44,7 +45,7 @@ def estimate(table: pa.Table, teacher: TeacherSettings) -> list[tuple[str, str]]
     """
     teacher.check()
     plan = plan_requests(table, teacher)
-    cache = ResponseCache(teacher.cache).read_columns()
+    cache = ResponseCache(teacher.cache).read_columns(ESTIMATE_COLUMNS)
     jobs = missing_jobs(table, plan, set(cache.column("key").to_pylist()))
     price = teacher.price()
     sizes = [_size(msgs) for msgs in plan.messages]
