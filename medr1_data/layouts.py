@@ -109,15 +109,15 @@ def resolve_layout(layout: Layout | None, columns: list[str], where: str) -> Lay
 def parse_mcq(text: str) -> tuple[str, list[tuple[str, str]]]:
     """(stem, [(label, text)]) of a question with a lettered option list; ([], the whole text) without one."""
     marks = list(MARKER.finditer(text))
-    for start, m in enumerate(marks):
-        if m.group(1).upper() != "A":
+    letters = [m.group(1) for m in marks]
+    for start, first in enumerate(letters):
+        if first not in "Aa":
             continue
-        run = [m]
-        for nxt in marks[start + 1 :]:
-            if nxt.group(1).upper() == chr(ord(run[-1].group(1).upper()) + 1) and nxt.group(1).isupper() == (
-                m.group(1).isupper()
-            ):
-                run.append(nxt)
+        run, want = [marks[start]], "B"  # the next letter of the run, in the first one's case
+        for k in range(start + 1, len(marks)):
+            if letters[k].upper() == want and letters[k].isupper() == first.isupper():
+                run.append(marks[k])
+                want = chr(ord(want) + 1)
         if len(run) < 2:
             continue
         stem = TRAIL.sub("", LEAD.sub("", text[: run[0].start()])).strip()
