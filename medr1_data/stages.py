@@ -312,6 +312,8 @@ def stage_distill(parts: Parts, b: Build) -> Parts:
     finally:
         run.close()
     b.stats["teacher_reported"] = dict(sorted(run.reported_models.items()))  # model name reported -> traces
+    if run.imported_from:
+        b.stats["teacher_imported_from"] = dict(sorted(run.imported_from.items()))  # dataset ref@revision -> traces
     return writer.close()
 
 

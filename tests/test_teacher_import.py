@@ -1,10 +1,11 @@
-"""`teacher.endpoint: dataset`: a build whose teacher is an existing open dataset (here in the `messages` layout)."""
+"""`teacher.endpoint: dataset`: a build whose teacher is an existing open dataset, in each peer layout."""
 
 from __future__ import annotations
 
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,8 +19,25 @@ from medr1_data.teacher.importer import question_key
 DEMO = Path(__file__).resolve().parents[1] / "medr1_data" / "demo"
 
 
-def _dataset(path: Path, leave_out: int) -> tuple[int, set[str]]:
-    """The demo's questions and hand-written traces as a chat dataset (options shuffled and re-cased in the
+LAYOUTS = ("m23k", "ii_medical", "openmed", "huatuo_o1", "messages")
+
+
+def _row(layout: str, prompt: str, reasoning: str, content: str) -> dict[str, Any]:
+    """One question and its trace in `layout`'s columns (as the peers' cards describe them)."""
+    if layout == "m23k":
+        return {"prompt": prompt, "answer_letter": None, "reasoning": reasoning, "distilled_answer_string": content}
+    if layout == "huatuo_o1":
+        return {"Question": prompt, "Complex_CoT": reasoning, "Response": content}
+    if layout == "openmed":  # the thinking in its own field of the assistant turn
+        assistant = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+    else:  # II-Medical and plain chats: the thinking inline
+        assistant = {"role": "assistant", "content": f"<think>{reasoning}</think>{content}"}
+    extra = {"model": "R1", "problem": prompt, "question": prompt} if layout == "ii_medical" else {}
+    return {"messages": [{"role": "user", "content": prompt}, assistant], **extra}
+
+
+def _dataset(path: Path, leave_out: int, layout: str) -> tuple[int, set[str]]:
+    """The demo's questions and hand-written traces as a dataset in `layout` (options shuffled and re-cased in the
     prompt); the first `leave_out` questions are not in it. Returns (rows written, match keys left out)."""
     recipe = load_recipe("demo")
     questions = recipe_questions(recipe).to_pylist()
@@ -35,19 +53,18 @@ def _dataset(path: Path, leave_out: int) -> tuple[int, set[str]]:
         for s in (0, 1):
             t = by_q.get((q["source"], q["question"], s))
             if t:
-                answer = f"<think>{t['reasoning']}</think>{t['content']}"
-                chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-                rows.append({"messages": chat})
+                rows.append(_row(layout, prompt, t["reasoning"], t["content"]))
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return len(rows), left_out
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_dataset_teacher_fills_the_cache_and_requests_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
 ) -> None:
     data = tmp_path / "peer.jsonl"
-    written, left_out = _dataset(data, leave_out=4)
-    overrides = ["teacher.endpoint=dataset", f"teacher.spec=messages={data}", f"teacher.cache={tmp_path / 'cache'}",
+    written, left_out = _dataset(data, 4, layout)
+    overrides = ["teacher.endpoint=dataset", f"teacher.spec={layout}={data}", f"teacher.cache={tmp_path / 'cache'}",
                  "teacher.offline=false", "teacher.model=peer-dataset"]  # fmt: skip
     real_connect = socket.socket.connect
 
@@ -67,8 +84,11 @@ def test_a_dataset_teacher_fills_the_cache_and_requests_nothing(
     release = read_release(b.out)
     assert not {question_key(q, o) for q, o in zip(release["question"].to_pylist(), release["options"].to_pylist(),
                                                     strict=True)} & left_out  # fmt: skip
-    assert b.stats["teacher_reported"] == {str(data): rows["teacher traces"]}
+    served = "R1" if layout == "ii_medical" else str(data)  # II-Medical names each row's model in `model`
+    assert b.stats["teacher_reported"] == {served: rows["teacher traces"]}
     card = (b.out / "README.md").read_text()
-    assert str(data) in card
+    n = rows["teacher traces"]
+    imported = f"| imported from (an existing dataset; nothing requested) | `{data}` ({n} traces) |"
+    assert imported in card
     again = run(load_recipe("demo", overrides), tmp_path / "again", quiet=True)  # served from the cache now
     assert dict(summary_rows(again)) == rows
