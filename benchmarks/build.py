@@ -429,7 +429,7 @@ def measure(rows: int, args: argparse.Namespace, work: Path) -> dict:
     out = work / "release"
     limit = args.max_rss_gb * 1024
     seconds, sampled_mb, report = run_build(recipe_path, out, args.until, limit)
-    base_s = baseline_build(recipe_path, work, args) if args.against else math.nan
+    base_s = baseline_build(recipe_path, work, args.against, args.until, limit) if args.against else math.nan
     complete = report["complete"]
     first_manifest = (out / "manifest.json").read_bytes() if complete else b'{"files": []}'
     floor_s = floor(recipe_path, work)
@@ -492,15 +492,15 @@ def measure(rows: int, args: argparse.Namespace, work: Path) -> dict:
     }
 
 
-def baseline_build(recipe_path: Path, work: Path, args: argparse.Namespace) -> float:
-    """Seconds of a build of the same inputs by the library at `--against` (its own folders, removed after)."""
+def baseline_build(recipe_path: Path, work: Path, rev: str, until: str | None, max_rss_mb: float) -> float:
+    """Seconds of a build of the same inputs by the library at `rev` (its own folders, removed after)."""
     from revision import old_tree
 
-    tree = old_tree(args.against, work / "baseline-src")
+    tree = old_tree(rev, work / "baseline-src")
     if tree is None:
-        sys.exit(f"--against {args.against}: git cannot export that revision")
+        sys.exit(f"--against {rev}: git cannot export that revision")
     try:
-        return run_build(recipe_path, work / "baseline", args.until, args.max_rss_gb * 1024, cwd=tree)[0]
+        return run_build(recipe_path, work / "baseline", until, max_rss_mb, cwd=tree)[0]
     finally:
         for name in ("baseline-src", "baseline", "baseline.build"):
             shutil.rmtree(work / name, ignore_errors=True)

@@ -73,10 +73,10 @@ class Prepared:
         """The traces of partition `p`: one row per (question, sample), `error` where no response is cached."""
         records = self.spill.read(p)
         plan = part_plan(self.keys, p)
-        keys = [k for _, _, k in plan.requests]
-        self.reported_models.update(reported_models(records, keys, self.teacher.model))
+        planned = planned_records(records, [k for _, _, k in plan.requests])
+        self.reported_models.update(reported_models(planned, self.teacher.model))
         if self.teacher.endpoint == "dataset":
-            self.imported_from.update(imported_from(records, keys))
+            self.imported_from.update(imported_from(planned))
         part = self.questions.slice(self.cuts[p], self.cuts[p + 1] - self.cuts[p])
         return assemble(part, plan, [records], self.errors, self.teacher).table
 
@@ -226,33 +226,32 @@ def run_distill(
 NOT_RECORDED = "(not recorded)"
 
 
-def _planned(cache: pa.Table, keys: list[str]) -> pl.DataFrame:
+def planned_records(cache: pa.Table, keys: list[str]) -> pl.DataFrame:
     """The cache's last record of each planned key: key, served and listed model."""
     df = pl.from_arrow(cache.select(["key", "served_model", "listed_model"])).unique("key", keep="last")
     return df.filter(pl.col("key").is_in(list(set(keys))))
 
 
-def imported_from(cache: pa.Table, keys: list[str]) -> dict[str, int]:
-    """Traces per dataset (`ref@revision`, recorded as the listed model) over the planned keys a dataset teacher
-    imported."""
-    counts = _planned(cache, keys).drop_nulls("listed_model").group_by("listed_model").len().sort("listed_model")
+def imported_from(planned: pl.DataFrame) -> dict[str, int]:
+    """Traces per dataset (`ref@revision`, recorded as the listed model) over the planned records (`planned_records`)
+    a dataset teacher imported."""
+    counts = planned.drop_nulls("listed_model").group_by("listed_model").len().sort("listed_model")
     return dict(counts.iter_rows())
 
 
-def reported_models(cache: pa.Table, keys: list[str], requested: str) -> dict[str, int]:
-    """Traces per model name the server reported, over the planned keys the cache holds.
+def reported_models(planned: pl.DataFrame, requested: str) -> dict[str, int]:
+    """Traces per model name the server reported, over the planned records the cache holds (`planned_records`).
 
     The name is the response's `model` when it differs from the requested one; else the one model the endpoint
     listed at GET /models when it listed one (llama.cpp echoes the requested name but lists the file it serves);
     else the response's `model`. Records written before these fields existed count as "(not recorded)"."""
-    df = _planned(cache, keys)
     served, listed = pl.col("served_model"), pl.col("listed_model")
     name = (
         pl.when(served.is_not_null() & (served != requested))
         .then(served)
         .otherwise(pl.coalesce(listed, served, pl.lit(NOT_RECORDED)))
     )
-    counts = df.select(name.alias("name")).group_by("name").len().sort("name")
+    counts = planned.select(name.alias("name")).group_by("name").len().sort("name")
     return dict(counts.iter_rows())
 
 
