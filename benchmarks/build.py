@@ -360,8 +360,9 @@ def run_build(
 ) -> tuple[float, float, dict]:
     """Run `medr1-data build` in a child process: (seconds, peak RSS MB sampled from outside, build_report.json).
 
-    The child's own per-stage peaks (the kernel's high-water mark, reset at each stage) are in the report; the
-    parent samples the child's VmRSS every 50 ms as an independent check (it can miss a peak shorter than that).
+    The child's own per-stage peaks (the kernel's high-water mark, reset at each stage, plus its workers' peaks) are
+    in the report; the parent samples the VmRSS of the child and its workers every 50 ms as an independent check (it
+    can miss a peak shorter than that).
     `cwd` holds the `medr1_data` that runs (this checkout's, or a baseline revision's).
     """
     cmd = [sys.executable, "-m", "medr1_data.cli", "build", "--recipe", str(recipe_path), "--out", str(out), "--quiet"]
@@ -369,14 +370,8 @@ def run_build(
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
     sampled = 0
-    status = Path(f"/proc/{proc.pid}/status")
     while proc.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    sampled = max(sampled, int(line.split()[1]))
-        except OSError:
-            pass
+        sampled = max(sampled, tree_rss_kb(proc.pid))
         if sampled / 1024 > max_rss_mb:  # a shared machine: stop before the OOM killer picks someone else
             proc.kill()
             sys.exit(f"build stopped: RSS {sampled / 1024:,.0f} MB passed --max-rss-gb (stages done: {done(out)})")
@@ -387,6 +382,19 @@ def run_build(
         sys.exit(f"build failed ({proc.returncode}): {err.strip()}")
     report = json.loads((out.with_name(out.name + ".build") / "build_report.json").read_text())
     return seconds, sampled / 1024, report
+
+
+def tree_rss_kb(pid: int) -> int:
+    """VmRSS of a process and all its descendants (the build's worker processes), in kB; 0 once it has gone."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total = int(line.split()[1])
+        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:
+        return total
+    return total + sum(tree_rss_kb(c) for c in children)
 
 
 def done(out: Path) -> str:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from revision import old_tree  # noqa: E402
 
-from medr1_data.parts import COMPRESSION  # noqa: E402
+from medr1_data.parts import writer_options  # noqa: E402
 from medr1_data.score import score  # noqa: E402
 from medr1_data.verify import verify  # noqa: E402
 from tests.real_traces import load_real_traces  # noqa: E402
@@ -120,7 +120,7 @@ def main() -> None:
             t_os, old_scored = timed(old_s.score, old_verified)
             rows.append((f"  baseline @ {args.against} (in-process)", t_ov + t_os))
             identical["in-process"] = old_scored.equals(scored)  # type: ignore[union-attr]
-        pq.write_table(table, folder / "in.parquet", row_group_size=8192, **COMPRESSION)
+        pq.write_table(table, folder / "in.parquet", row_group_size=8192, **writer_options(table.schema))
         del verified
         rows.append(("medr1 verify + score (CLI, 2 processes)", cli(folder, None)))
         new_cli = pq.read_table(folder / "s.parquet")
@@ -130,7 +130,8 @@ def main() -> None:
             identical["CLI vs baseline CLI"] = same(new_cli, pq.read_table(folder / "s.parquet"))
         t0 = time.perf_counter()
         for _ in range(2):  # the two verbs each read their input and write their output
-            pq.write_table(pq.read_table(folder / "in.parquet"), folder / "floor.parquet", **COMPRESSION)
+            floor = pq.read_table(folder / "in.parquet")
+            pq.write_table(floor, folder / "floor.parquet", **writer_options(floor.schema))
         rows.append(("  I/O floor: read + write twice, no compute", time.perf_counter() - t0))
     print(f"{n:,} traces, mean reasoning {mean_chars:,.0f} characters; load average {os.getloadavg()[0]:.1f}\n")
     print(f"{'step':46} {'seconds':>8} {'rows/s':>10}")

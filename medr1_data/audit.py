@@ -28,7 +28,7 @@ from medr1_data.contracts import check_input
 from medr1_data.decontam import BenchmarkIndex, DecontamSettings, build_index, decontaminate
 from medr1_data.dedup import DedupSettings, dedup
 from medr1_data.layouts import map_rows, resolve_layout
-from medr1_data.parts import COMPRESSION
+from medr1_data.parts import writer_options
 from medr1_data.progress import release_memory
 from medr1_data.score import score
 from medr1_data.verify import verify
@@ -148,7 +148,7 @@ class _QuestionSpill:
     def write(self, table: pa.Table) -> None:
         """Append a batch's question columns."""
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema, **COMPRESSION)
+            self.writer = pq.ParquetWriter(self.path, table.schema, **writer_options(table.schema))
         self.writer.write_table(table.cast(self.writer.schema))
 
     def read(self) -> pa.Table | None:

@@ -23,10 +23,12 @@ from medr1_data import Medr1Error, __version__
 from medr1_data.checkpoints import Checkpoints, decode_stats, encode_stats, fingerprint, stage_key
 from medr1_data.parts import Parts
 from medr1_data.progress import BuildProgress, PeakRSS, release_memory
+from medr1_data.reach import require_teacher
 from medr1_data.recipe import Recipe
 from medr1_data.select import drop_counts
 from medr1_data.shards import sha256_file
-from medr1_data.stages import BATCH_ROWS, STAGES, Build, require_teacher
+from medr1_data.stages import BATCH_ROWS, STAGES, Build
+from medr1_data.workers import Pool
 
 REPORT = "build_report.json"
 
@@ -207,7 +209,7 @@ def _compute(
     peak.start()
     b.checkpoints, b.stage = checkpoints, name
     result, entry, meta = _run_stage(name, table, b)
-    entry["peak_rss_mb"] = peak.stop()
+    entry["peak_rss_mb"] = round(peak.stop() + b.pool.take_peaks(), 1)  # with the workers' peaks added
     entry["start_rss_mb"] = peak.start_mb  # resident when the stage began
     checkpoints.save(name, key, result, {"report": entry, **meta})
     return result if result is not None else table, entry
@@ -249,13 +251,15 @@ def run(
     from_stage: str | None = None,
     until_stage: str | None = None,
     batch_rows: int = BATCH_ROWS,
+    workers: int = 1,
 ) -> Build:
     """Run the recipe's stages in order, serving each from its checkpoint while it is valid; write the release to
     `out` and `build_report.json` to the build folder beside it.
 
     `from_stage`: rerun from this stage on (the stages before it must have valid checkpoints). `until_stage`: stop
     after this stage (the release is complete only when the last stage ran). `batch_rows`: traces per part of
-    the trace stages (memory holds about one part; the release does not depend on it).
+    the trace stages (memory holds about one part a worker; the release does not depend on it). `workers`:
+    processes that map the trace stages' parts (`medr1_data/workers.py`; the release does not depend on it either).
     """
     if batch_rows < 1:
         raise Medr1Error(f"--batch-rows {batch_rows}: expected a whole number >= 1")
@@ -263,7 +267,7 @@ def run(
     first, last = _window(recipe, from_stage, until_stage)
     created = [p for p in (out, out.with_name(out.name + ".build")) if not p.exists()]
     try:
-        return _run(recipe, out, quiet, first, last, from_stage, batch_rows)
+        return _run(recipe, out, quiet, first, last, from_stage, batch_rows, Pool(workers))
     except BaseException:
         for folder in created:  # a failed build leaves no empty folder behind; checkpoints are kept for a rerun
             if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
@@ -272,9 +276,33 @@ def run(
 
 
 def _run(
-    recipe: Recipe, out: Path, quiet: bool, first: int | None, last: int, from_stage: str | None, batch_rows: int
+    recipe: Recipe,
+    out: Path,
+    quiet: bool,
+    first: int | None,
+    last: int,
+    from_stage: str | None,
+    batch_rows: int,
+    pool: Pool,
 ) -> Build:
-    """`run` once its arguments are checked."""
+    """`run` once its arguments are checked (the workers' `pool` is closed when it returns)."""
+    try:
+        return _run_stages(recipe, out, quiet, first, last, from_stage, batch_rows, pool)
+    finally:
+        pool.close()
+
+
+def _run_stages(
+    recipe: Recipe,
+    out: Path,
+    quiet: bool,
+    first: int | None,
+    last: int,
+    from_stage: str | None,
+    batch_rows: int,
+    pool: Pool,
+) -> Build:
+    """The stages of `run`, in order."""
     stages = list(recipe.stages)
     started = time.perf_counter()
     keys = stage_keys(recipe, out)
@@ -282,6 +310,7 @@ def _run(
     if "distill" in stages[: last + 1] and checkpoints.meta("distill", keys[stages.index("distill")]) is None:
         require_teacher(recipe)
     b = _start(recipe, out, quiet, stages[: last + 1], batch_rows)
+    b.pool = pool
     table: Parts | None = None  # the next stage's input
     running = False
     for i, name in enumerate(stages[: last + 1]):

@@ -157,7 +157,7 @@ class Checkpoints:
     def writer(self, stage: str, base: Parts | None = None, own: list[str] | None = None) -> PartsWriter:
         """A writer of `stage`'s output table (with a `base`: only the `own` columns are stored)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        return PartsWriter(self.folder, self._base(stage).name, base, own, sha256=sha256_file)
+        return PartsWriter(self.folder, self._base(stage).name, base, own)
 
     def parts(self, meta: dict[str, Any]) -> Parts:
         """The output table a checkpoint record names."""

@@ -207,6 +207,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from medr1_data.build import run, summary_rows
     from medr1_data.recipe import load_recipe
     from medr1_data.stages import BATCH_ROWS
+    from medr1_data.workers import available_cores
 
     recipe = load_recipe(args.recipe, args.set)
     b = run(
@@ -216,6 +217,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         from_stage=args.from_stage,
         until_stage=args.until_stage,
         batch_rows=BATCH_ROWS if args.batch_rows is None else args.batch_rows,
+        workers=available_cores() if args.workers is None else args.workers,
     )
     print(_table(summary_rows(b), ["", "rows"]))
     done = [s["stage"] for s in b.report]
@@ -356,6 +358,13 @@ def _add_build(sub: Sub) -> None:
         metavar="N",
         help="traces per part of the trace stages (default: stages.BATCH_ROWS, 32,768; memory holds about one part; "
         "the release does not depend on it)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes that map the trace stages' parts (default: the CPUs this process may use; the release does "
+        "not depend on it)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_build)

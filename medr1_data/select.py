@@ -57,9 +57,13 @@ def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
     # traces' text is neither copied nor converted.
     needed = ("id", "sample_idx", "verify_reason", "finish_reason", "reasoning", "drop_reason", "quality")
     df = pl.from_arrow(table.select([c for c in (*needed, "quality_score") if c in table.column_names]))
+    text = pl.col("reasoning") if "reasoning" in df.columns else None
+    if text is None and (settings.no_thinking == "drop" or df.get_column("id").is_duplicated().any()):
+        raise ValueError("select: the reasoning column is needed (several samples a question, or no_thinking: drop)")
+    text = pl.lit(None, pl.String) if text is None else text  # one sample a question: no rule below reads it
     reason = pl.col("verify_reason")
     cut_off = (pl.col("finish_reason") == "length") & pl.lit(settings.drop_truncated)
-    thoughtless = (pl.col("reasoning").fill_null("").str.strip_chars() == "") & pl.lit(settings.no_thinking == "drop")
+    thoughtless = (text.fill_null("").str.strip_chars() == "") & pl.lit(settings.no_thinking == "drop")
     bad = (
         pl.when(reason != "correct")
         .then(reason)
@@ -77,7 +81,7 @@ def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
         low = pl.when(pl.col("quality_score") < settings.min_quality).then(pl.lit("low_quality_score"))
         df = df.with_columns(pl.coalesce("drop_reason", *by_flag, low).alias("drop_reason"))
     # Two samples with the same reasoning text are one sample: keep the first by sample index.
-    same = pl.int_range(pl.len()).over("id", pl.col("reasoning").hash()) > 0
+    same = pl.int_range(pl.len()).over("id", text.hash()) > 0
     df = df.with_columns(
         pl.when(pl.col("drop_reason").is_null() & same)
         .then(pl.lit("duplicate_sample"))
@@ -88,7 +92,7 @@ def select(table: pa.Table, settings: SelectSettings) -> pa.Table:
     limit = 1 if settings.keep == "best" else settings.max_per_question
     order = (
         df.filter(pl.col("drop_reason").is_null())
-        .with_columns((-score).alias("_neg_score"), pl.col("reasoning").str.len_chars().fill_null(0).alias("_len"))
+        .with_columns((-score).alias("_neg_score"), text.str.len_chars().fill_null(0).alias("_len"))
         .sort(["id", "_neg_score", "_len", "sample_idx"])
         .with_columns(pl.int_range(pl.len()).over("id").alias("_rank"))
         .filter(pl.col("_rank") >= limit)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
-import socket
 import sys
 import tempfile
 import time
@@ -20,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import polars as pl
@@ -32,16 +29,18 @@ from medr1_data import Medr1Error, __version__, contracts
 from medr1_data import sources as source_registry
 from medr1_data.card import length_stats, text_lengths
 from medr1_data.contracts import check_input
-from medr1_data.parts import Parts, PartsWriter, RowGroupWriter
+from medr1_data.parts import Parts, PartsWriter, RowGroupWriter, write_part
 from medr1_data.progress import BuildProgress, release_memory
 from medr1_data.prompts import get_template
+from medr1_data.reach import require_hub
 from medr1_data.recipe import Recipe
 from medr1_data.schema import REJECT_SCHEMA, TRACE_FIELDS, VERIFY_FIELDS, normalize
-from medr1_data.score import score
-from medr1_data.select import select, unanswered_questions
+from medr1_data.score import ScoreSettings, score
+from medr1_data.select import SelectSettings, select, unanswered_questions
 from medr1_data.shards import ShardWriter, chat_columns, sort_order, take_rows, write_manifest
-from medr1_data.teacher.run import prepare, require_complete
+from medr1_data.teacher.run import PartTraces, prepare, require_complete
 from medr1_data.verify import verify
+from medr1_data.workers import PartFn, PartJob, PartResult, Pool, from_ipc, run_job, to_ipc
 
 BATCH_ROWS = 32_768
 QUESTION_PART_ROWS = 65_536  # rows per part of the question stages (fixed: their checkpoints do not depend on it)
@@ -62,6 +61,7 @@ class Build:
     progress: BuildProgress | None = None
     batch_rows: int = BATCH_ROWS  # traces per part of the trace stages (memory holds about one part)
     checkpoints: Any = None  # the build's `Checkpoints`, set by the runner for the stage that runs
+    pool: Pool = field(default_factory=Pool)  # the worker processes of the part-by-part stages
     stage: str = ""
 
     def writer(self, base: Parts | None = None, own: list[str] | None = None) -> PartsWriter:
@@ -84,36 +84,6 @@ class Build:
             print(f"[medr1] {message}", file=sys.stderr, flush=True)
 
 
-def unreachable(url: str) -> str | None:
-    """Why `url`'s host cannot be reached from here (a TCP connect to its port), or None."""
-    parts = urlparse(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname or "", port), timeout=5).close()
-    except OSError as e:
-        return f"{parts.hostname} cannot be reached ({type(e).__name__})"
-    return None
-
-
-def hub_unreachable() -> str | None:
-    """Why the Hub cannot be reached from here (HF_HUB_OFFLINE, or no route to its host), or None."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    return unreachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-
-
-def require_hub(b: Build, needs: list[str], local_way: str) -> None:
-    """Stop at once, naming what needs the Hub and how to run from local files, when the Hub is out of reach."""
-    if not needs:
-        return
-    why = hub_unreachable()
-    if why:
-        raise Medr1Error(
-            f"recipe {b.recipe.name} reads {', '.join(needs)} from the Hub, but {why}; to run from local files, "
-            f"{local_way}"
-        )
-
-
 def stage_ingest(_: Parts | None, b: Build) -> Parts:
     """Read every source split of the recipe into one canonical table, in release order (by id), as parts of
     `QUESTION_PART_ROWS`; rejects go to `rejects.parquet`."""
@@ -134,7 +104,8 @@ def recipe_questions(recipe: Recipe) -> pa.Table:
 def ingest(b: Build) -> pa.Table:
     """Every source split of the recipe as one canonical table; rejects go to `rejects.parquet`, counts to stats."""
     hub = [f"source {s.spec}/{s.split}" for s in b.recipe.sources if b.recipe.spec_path(s.spec) is None]
-    require_hub(b, hub, "give each source as NAME=PATH, e.g. --set 'sources=[{spec: medqa=data/medqa, split: train}]'")
+    way = "give each source as NAME=PATH, e.g. --set 'sources=[{spec: medqa=data/medqa, split: train}]'"
+    require_hub(b.recipe, hub, way)
     tables, rejects, per_source = [], [], []
     for s in b.recipe.sources:
         name, path = source_registry.parse_spec(s.spec)
@@ -184,7 +155,7 @@ def stage_decontam(parts: Parts, b: Build) -> Parts:
     r = b.recipe
     folder = r.resolve(r.decontam.benchmark_dir) if r.decontam.benchmark_dir else None
     hub = [f"benchmark {spec}" for spec in r.decontam.benchmarks if resolve_benchmark(spec, folder)[3] is None]
-    require_hub(b, hub, "set decontam.benchmark_dir (or MEDR1_BENCHMARK_DIR) to a folder of the test files")
+    require_hub(b.recipe, hub, "set decontam.benchmark_dir (or MEDR1_BENCHMARK_DIR) to a folder of the test files")
     benches = []
     for spec in r.decontam.benchmarks:
         path = r.spec_path(spec)
@@ -193,16 +164,16 @@ def stage_decontam(parts: Parts, b: Build) -> Parts:
     index = build_index(benches, r.decontam.parsed())
     start, flags, questions = time.perf_counter(), [], 0
 
-    def one(table: pa.Table) -> pa.Table:  # a part at a time: each row's result reads only that row and the index
+    def one(table: pa.Table) -> tuple[pa.Table, None]:  # each row's result reads only that row and the index
         nonlocal questions
         out, part_report = decontaminate(check_input(table, contracts.QUESTIONS, "decontam stage input"), index)
         flags.append(out.select(["contaminated", "contam_benchmark", "contam_rule"]))
         questions += part_report["questions_checked"]
-        return _mark_dropped(out, pl.col("contaminated"), "contaminated")
+        return _mark_dropped(out, pl.col("contaminated"), "contaminated"), None
 
     read = [*_columns(contracts.QUESTIONS), "drop_reason"]
     own = [f.name for f in DECONTAM_FIELDS] + ["drop_reason"]
-    written = _map_parts(parts, b, one, read, own)
+    written = _map_parts(parts, b, one, read, own, here=True)[0]  # the index stays in this process
     flagged = pl.from_arrow(pa.concat_tables(flags))
     report = decontam_report(index, flagged, questions, time.perf_counter() - start, index.settings)
     b.stats["decontam"] = report
@@ -234,25 +205,6 @@ def stage_dedup(parts: Parts, b: Build) -> Parts:
         "parameters": dataclasses.asdict(settings),
     }
     return _write_questions(_mark_dropped(out, ~pl.col("dup_keep"), "near_duplicate"), parts, b)
-
-
-def require_teacher(recipe: Recipe) -> None:
-    """Stop at once when the recipe's teacher cannot answer (no key, no route) and its cache holds no response."""
-    from medr1_data.teacher import ResponseCache
-    from medr1_data.teacher.client import api_key
-
-    t = recipe.teacher
-    cache = ResponseCache(recipe.resolve(t.cache))
-    if t.offline or t.endpoint in ("recorded", "dataset") or (cache.path.is_file() and cache.path.stat().st_size):
-        return
-    local = "to run without a teacher, import responses into the cache or set teacher.offline=true"
-    try:
-        api_key(t)
-        why = unreachable(t.url())
-    except Medr1Error as e:
-        why = str(e)
-    if why:
-        raise Medr1Error(f"recipe {recipe.name} asks the teacher {t.model} at {t.url()}, but {why}; {local}")
 
 
 def _cuts(rows: int, per_part: int) -> list[int]:
@@ -288,6 +240,32 @@ def _split_dropped(parts: Parts) -> tuple[pa.Table, pa.Table, np.ndarray]:
     return pa.concat_tables(active), pa.concat_tables(skipped), np.concatenate(masks)
 
 
+@dataclass(frozen=True)
+class DistillPart:
+    """A part of the distill stage: its traces to assemble, its questions dropped before the teacher, its file."""
+
+    traces: PartTraces
+    skipped: pa.Buffer | pa.Table
+    path: Path
+
+
+def _shipped(table: pa.Table, ship: bool) -> pa.Buffer | pa.Table:
+    return to_ipc(table) if ship else table
+
+
+def distill_part(job: DistillPart) -> tuple[PartResult, dict[str, int], dict[str, int]]:
+    """Write one part of the distill stage: its traces and its skipped questions in release order; the traces per
+    reported model name and per imported dataset."""
+    traces, reported, imported = job.traces.assemble()
+    absent = pc.if_else(pc.is_valid(traces.column("error")), "not_in_dataset", pa.scalar(None, pa.string()))
+    traces = traces.append_column("drop_reason", absent)  # only a dataset teacher leaves rows unanswered
+    skipped = from_ipc(job.skipped) if isinstance(job.skipped, pa.Buffer) else job.skipped
+    here = _skipped_rows(skipped)
+    out = pa.concat_tables([traces, here.select(traces.column_names).cast(traces.schema)])
+    out = take_rows(out, sort_order(out))
+    return PartResult(write_part(out, job.path), out.column_names, None), reported, imported
+
+
 def stage_distill(parts: Parts, b: Build) -> Parts:
     """Teacher traces, one row per (question, sample), in release order, a part of about `b.batch_rows` traces at a
     time; questions already dropped are not sent (nothing is paid) and stay as one row each."""
@@ -298,17 +276,23 @@ def stage_distill(parts: Parts, b: Build) -> Parts:
     active_before = np.concatenate([[0], np.cumsum(is_active)])
     active_cuts = [int(active_before[c]) for c in cuts]
     skipped_cuts = [c - a for c, a in zip(cuts, active_cuts, strict=True)]
-    run = require_complete(prepare(active, active_cuts, teacher, b.build_dir / "distill-spill", quiet=b.quiet), teacher)
-    writer = b.writer()
+    spill = b.build_dir / "distill-spill"
+    run = require_complete(prepare(active, active_cuts, teacher, spill, quiet=b.quiet, pool=b.pool), teacher)
+    writer, ship = b.writer(), b.pool.workers > 1
+    jobs = (
+        DistillPart(
+            run.part(p, ship),
+            _shipped(skipped.slice(skipped_cuts[p], skipped_cuts[p + 1] - skipped_cuts[p]), ship),
+            writer.path(p),
+        )
+        for p in range(len(cuts) - 1)
+    )
     try:
-        for p in range(len(cuts) - 1):
-            traces = run.traces(p)
-            absent = pc.if_else(pc.is_valid(traces.column("error")), "not_in_dataset", pa.scalar(None, pa.string()))
-            traces = traces.append_column("drop_reason", absent)  # only a dataset teacher leaves rows unanswered
-            here = _skipped_rows(skipped.slice(skipped_cuts[p], skipped_cuts[p + 1] - skipped_cuts[p]))
-            out = pa.concat_tables([traces, here.select(traces.column_names).cast(traces.schema)])
-            writer.write(take_rows(out, sort_order(out)))
-            b.progress_rows(out.num_rows)
+        for result, reported, imported in b.pool.map(distill_part, jobs, len(cuts) - 1):
+            writer.layout(result.names)
+            writer.add(result.entry)
+            run.tally(reported, imported)
+            b.progress_rows(result.entry["rows"])
     finally:
         run.close()
     b.stats["teacher_reported"] = dict(sorted(run.reported_models.items()))  # model name reported -> traces
@@ -317,41 +301,48 @@ def stage_distill(parts: Parts, b: Build) -> Parts:
     return writer.close()
 
 
-def _map_parts(parts: Parts, b: Build, fn: Callable[[pa.Table], pa.Table], read: list[str], own: list[str]) -> Parts:
-    """A trace stage part by part: `fn` over the `read` columns of each part; its `own` columns are stored."""
+def _map_parts(
+    parts: Parts, b: Build, fn: PartFn, read: list[str], own: list[str], here: bool = False
+) -> tuple[Parts, list[Any]]:
+    """A trace stage part by part, in the build's workers (`here`: in this process): `fn` over the `read` columns
+    of each part; its `own` columns are stored. Returns the table and what `fn` gave for each part."""
     writer = b.writer(base=parts, own=own)
-    for i in range(len(parts)):
-        out = fn(parts.part(i, read))
-        writer.write(out)  # only the columns the stage added or replaced (`own`) are stored
-        b.progress_rows(out.num_rows)
-    return writer.close()
+    jobs = (PartJob(parts, i, read, fn, own, writer.path(i)) for i in range(len(parts)))
+    extras = []
+    for result in b.pool.map(run_job, jobs, 1 if here else len(parts)):
+        writer.layout(result.names)
+        writer.add(result.entry)
+        extras.append(result.extra)
+        b.progress_rows(result.entry["rows"])
+    return writer.close(), extras
 
 
 def _columns(contract: contracts.Contract) -> list[str]:
     return [*contract.required, *contract.optional]
 
 
+def verify_part(table: pa.Table) -> tuple[pa.Table, None]:
+    """One part of the verify stage."""
+    return verify(check_input(table, contracts.TRACES, "verify stage input")), None
+
+
 def stage_verify(parts: Parts, b: Build) -> Parts:
     """`pred_label`, `is_correct`, `verify_reason`, a part at a time."""
+    return _map_parts(parts, b, verify_part, _columns(contracts.TRACES), [f.name for f in VERIFY_FIELDS])[0]
 
-    def one(table: pa.Table) -> pa.Table:
-        return verify(check_input(table, contracts.TRACES, "verify stage input"))
 
-    return _map_parts(parts, b, one, _columns(contracts.TRACES), [f.name for f in VERIFY_FIELDS])
+def score_part(table: pa.Table, settings: ScoreSettings) -> tuple[pa.Table, Counter[str]]:
+    """One part of the score stage, and how often each quality flag was raised in it."""
+    out = score(check_input(table, contracts.VERIFIED, "score stage input"), settings)
+    raised = pl.from_arrow(out.select(["quality"])).select(pl.col("quality").struct.field("flags").explode())
+    return out, Counter(dict(raised.drop_nulls().group_by("flags").len().iter_rows()))
 
 
 def stage_score(parts: Parts, b: Build) -> Parts:
     """The `quality` struct and `quality_score` of every trace, a part at a time."""
-    flags: Counter[str] = Counter()
-
-    def one(table: pa.Table) -> pa.Table:
-        out = score(check_input(table, contracts.VERIFIED, "score stage input"), b.recipe.score)
-        raised = pl.from_arrow(out.select(["quality"])).select(pl.col("quality").struct.field("flags").explode())
-        flags.update(dict(raised.drop_nulls().group_by("flags").len().iter_rows()))
-        return out
-
-    out = _map_parts(parts, b, one, _columns(contracts.VERIFIED), ["quality", "quality_score"])
-    b.stats["quality_flags"] = dict(sorted(flags.items()))
+    fn = functools.partial(score_part, settings=b.recipe.score)
+    out, counts = _map_parts(parts, b, fn, _columns(contracts.VERIFIED), ["quality", "quality_score"])
+    b.stats["quality_flags"] = dict(sorted(sum(counts, Counter()).items()))
     b.stats["quality_weights"] = dict(b.recipe.score.weights)
     return out
 
@@ -359,10 +350,18 @@ def stage_score(parts: Parts, b: Build) -> Parts:
 SELECT_COLUMNS = ["id", "sample_idx", "verify_reason", "finish_reason", "reasoning", "drop_reason", "quality"]
 
 
+def select_part(table: pa.Table, settings: SelectSettings) -> tuple[pa.Table, None]:
+    """One part of the select stage."""
+    return select(table, settings), None
+
+
 def stage_select(parts: Parts, b: Build) -> Parts:
     """`drop_reason` for every trace that is not kept (a question's samples are in one part)."""
-    read = [*SELECT_COLUMNS, "quality_score"]
-    return _map_parts(parts, b, lambda t: select(t, b.recipe.select), read, ["drop_reason"])
+    settings = b.recipe.select
+    # With one sample a question and thoughtless traces kept, no rule reads the thinking: it is not read at all.
+    text = b.recipe.teacher.samples > 1 or settings.no_thinking == "drop"
+    read = [c for c in [*SELECT_COLUMNS, "quality_score"] if text or c != "reasoning"]
+    return _map_parts(parts, b, functools.partial(select_part, settings=settings), read, ["drop_reason"])[0]
 
 
 INTERNAL = ["drop_reason", "error", "dup_keep", "contam_benchmark", "contam_item_id", "contam_score", "contam_rule"]

@@ -2,9 +2,9 @@
 
 Memory holds a few batches, not the file: the next batch is read, and the last one written, in threads while a
 batch is processed (pyarrow releases the GIL to decode and compress). The output is written with the build's
-checkpoint settings (`parts.COMPRESSION`, zstd level 1): a verb's output is an intermediate table read back by
-the next verb, as a checkpoint is, not a release shard to publish (those add a page index, content-defined chunking
-and a higher level). It goes to a temporary name and is renamed into place when complete.
+checkpoint settings (`parts.writer_options`: lz4, no statistics on text): a verb's output is an intermediate table
+read back by the next verb, as a checkpoint is, not a release shard to publish (those add zstd, a page index and
+content-defined chunking). It goes to a temporary name and is renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from medr1_data import Medr1Error
 from medr1_data.contracts import Contract, check_input
-from medr1_data.parts import COMPRESSION
+from medr1_data.parts import writer_options
 
 STREAM_ROWS = 16_384  # rows a verb holds at a time (real R1 traces: about 130 MB of Arrow data)
 
@@ -96,7 +96,7 @@ def stream_table(
             for batch in read_ahead(reader, Path(src), rows, pool):
                 table = process(check_input(batch, contract, str(src)))
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema, **COMPRESSION)
+                    writer = pq.ParquetWriter(tmp, table.schema, **writer_options(table.schema))
                 if written is not None:
                     written.result()  # one batch in flight: memory holds at most three
                 written = pool.submit(writer.write_table, table.cast(writer.schema))

@@ -307,3 +307,24 @@ def test_release_does_not_depend_on_the_batch_size(tmp_path: Path) -> None:
         assert (small.out / name).read_bytes() == (whole.out / name).read_bytes(), name
     dropped = [pq.read_table(b.build_dir / "dropped.parquet") for b in (small, whole)]
     assert dropped[0].equals(dropped[1]) and dropped[0].num_rows > 0
+
+
+def test_release_does_not_depend_on_the_workers(tmp_path: Path) -> None:
+    """The demo in parts of 7 traces mapped by two worker processes and in this process: the same checkpoint parts
+    and the same release, byte for byte; the workers' peaks are added to the stages' memory."""
+    two = run(load_recipe("demo"), tmp_path / "two" / "release", quiet=True, batch_rows=7, workers=2)
+    one = run(load_recipe("demo"), tmp_path / "one" / "release", quiet=True, batch_rows=7, workers=1)
+    for stage in ("03-distill", "04-verify", "05-score", "06-select"):
+        mine = sorted((two.build_dir / "checkpoints" / stage).glob("part-*.parquet"))
+        assert len(mine) > 3, stage
+        for path in mine:
+            assert path.read_bytes() == (one.build_dir / "checkpoints" / stage / path.name).read_bytes(), path
+    assert release_bytes(two.out) == release_bytes(one.out)
+    peaks = {s["stage"]: s["peak_rss_mb"] for s in two.report}
+    single = {s["stage"]: s["peak_rss_mb"] for s in one.report}
+    assert peaks["verify"] > single["verify"] + 50  # two interpreters with Arrow and polars loaded, at least
+
+
+def test_workers_must_be_a_positive_number(tmp_path: Path) -> None:
+    with pytest.raises(Medr1Error, match="--workers 0: expected a whole number >= 1"):
+        run(load_recipe("demo"), tmp_path / "release", quiet=True, workers=0)

@@ -177,6 +177,21 @@ def test_select_best_keeps_one_correct_sample_per_question() -> None:
     assert set(drop_counts(out)) <= set(DROP_REASONS)
 
 
+def test_select_without_the_thinking_when_no_rule_reads_it() -> None:
+    """One sample a question and thoughtless traces kept: the build's select does not read the thinking, and the
+    drops are those made with it; where a rule needs the thinking, its absence is an error, not another answer."""
+    t = verified([r for r in MIXED if r["sample_idx"] == 0])
+    assert t.column("id").to_pylist() == ["q1", "q2", "q3", "q4"]
+    with_text = select(t, SelectSettings())
+    without = select(t.drop_columns(["reasoning"]), SelectSettings())
+    assert without.column("drop_reason").to_pylist() == with_text.column("drop_reason").to_pylist()
+    assert with_text.column("drop_reason").to_pylist() == [None, None, "wrong_answer", None]
+    with pytest.raises(ValueError, match="the reasoning column is needed"):
+        select(verified(MIXED).drop_columns(["reasoning"]), SelectSettings())
+    with pytest.raises(ValueError, match="the reasoning column is needed"):
+        select(t.drop_columns(["reasoning"]), SelectSettings(no_thinking="drop"))
+
+
 def test_select_keeps_row_order_and_columns() -> None:
     t = verified(MIXED)
     out = select(t, SelectSettings())

@@ -32,13 +32,36 @@ from medr1_data.progress import LiveLine
 from medr1_data.prompts import get_template
 from medr1_data.teacher.cache import CacheWriter, ResponseCache, lock_cache
 from medr1_data.teacher.client import Fatal, RunStats, TeacherClient, api_key, progress_line
-from medr1_data.teacher.plan import Job
+from medr1_data.teacher.plan import Job, Plan
 from medr1_data.teacher.prices import RETIRED
 from medr1_data.teacher.settings import TeacherSettings
-from medr1_data.teacher.spill import Spill, part_plan, plan_keys
+from medr1_data.teacher.spill import Spill, part_plan, plan_keys, read_spill
 from medr1_data.teacher.traces import assemble
+from medr1_data.workers import Pool, from_ipc, to_ipc
 
 R = TypeVar("R", "Prepared", "DistillResult")
+
+
+@dataclass(frozen=True)
+class PartTraces:
+    """A partition's questions (Arrow IPC), its planned requests, its spilled cache records and why keys are
+    missing: all that its traces are assembled from."""
+
+    questions: pa.Buffer | pa.Table
+    requests: list[tuple[int, int, str]]
+    spill: Path
+    errors: dict[str, str]
+    teacher: TeacherSettings
+
+    def assemble(self) -> tuple[pa.Table, dict[str, int], dict[str, int]]:
+        """The traces (one row per (question, sample)), traces per reported model name, per imported dataset."""
+        records = read_spill(self.spill)
+        planned = planned_records(records, [k for _, _, k in self.requests])
+        reported = reported_models(planned, self.teacher.model)
+        imported = imported_from(planned) if self.teacher.endpoint == "dataset" else {}
+        questions = from_ipc(self.questions) if isinstance(self.questions, pa.Buffer) else self.questions
+        table = assemble(questions, Plan(self.requests, []), [records], self.errors, self.teacher).table
+        return table, reported, imported
 
 
 @dataclass
@@ -69,16 +92,25 @@ class Prepared:
         missing = self.spill.missing()
         return self.errors.get(missing[0], "missing") if len(missing) else "?"
 
+    def part(self, p: int, ship: bool = True) -> PartTraces:
+        """What the traces of partition `p` are assembled from (`ship`: its questions as IPC bytes, so that it
+        pickles small and a worker process can assemble it)."""
+        plan = part_plan(self.keys, p)
+        errors = {k: self.errors[k] for _, _, k in plan.requests if k in self.errors}
+        questions = self.questions.slice(self.cuts[p], self.cuts[p + 1] - self.cuts[p])
+        shipped = to_ipc(questions) if ship else questions
+        return PartTraces(shipped, plan.requests, self.spill.path(p), errors, self.teacher)
+
     def traces(self, p: int) -> pa.Table:
         """The traces of partition `p`: one row per (question, sample), `error` where no response is cached."""
-        records = self.spill.read(p)
-        plan = part_plan(self.keys, p)
-        planned = planned_records(records, [k for _, _, k in plan.requests])
-        self.reported_models.update(reported_models(planned, self.teacher.model))
-        if self.teacher.endpoint == "dataset":
-            self.imported_from.update(imported_from(planned))
-        part = self.questions.slice(self.cuts[p], self.cuts[p + 1] - self.cuts[p])
-        return assemble(part, plan, [records], self.errors, self.teacher).table
+        table, reported, imported = self.part(p, ship=False).assemble()
+        self.tally(reported, imported)
+        return table
+
+    def tally(self, reported: dict[str, int], imported: dict[str, int]) -> None:
+        """Add a partition's traces per reported model name and per imported dataset to the run's counts."""
+        self.reported_models.update(reported)
+        self.imported_from.update(imported)
 
     def close(self) -> None:
         """Remove the spill files."""
@@ -94,11 +126,13 @@ def prepare(
     quiet: bool = False,
     progress_stream: IO[str] | None = None,
     progress_interval: float | None = None,
+    pool: Pool | None = None,
 ) -> Prepared:
-    """Plan every request, read the cache once (its records spilled by partition under `workdir`), fetch what it
-    lacks (unless `offline`) and read the new records. Progress goes to `progress_stream` (stderr) unless `quiet`."""
+    """Plan every request (in `pool`'s workers), read the cache once (its records spilled by partition under
+    `workdir`), fetch what it lacks (unless `offline`) and read the new records. Progress goes to
+    `progress_stream` (stderr) unless `quiet`."""
     teacher.check()
-    keys = plan_keys(questions, cuts, teacher)
+    keys = plan_keys(questions, cuts, teacher, pool)
     cache = ResponseCache(teacher.cache)
     spill = Spill(workdir, keys)
     end = spill.scan(cache)

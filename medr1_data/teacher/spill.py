@@ -20,19 +20,29 @@ import pyarrow as pa
 from medr1_data.teacher.cache import CACHE_COLUMNS, ResponseCache
 from medr1_data.teacher.plan import Plan, plan_requests
 from medr1_data.teacher.settings import TeacherSettings
+from medr1_data.workers import Pool, from_ipc, to_ipc
 
 IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 KEY_SCHEMA = {"part": pl.UInt32, "row": pl.UInt32, "sample": pl.Int32, "key": pl.String}
 
 
-def plan_keys(questions: pa.Table, cuts: list[int], teacher: TeacherSettings) -> pl.DataFrame:
-    """(part, row within the part, sample index, request key) of every planned request, partition by partition."""
-    frames = []
-    for p in range(len(cuts) - 1):
-        plan = plan_requests(questions.slice(cuts[p], cuts[p + 1] - cuts[p]), teacher)
-        rows, samples, keys = zip(*plan.requests, strict=True) if plan.requests else ((), (), ())
-        frame = {"part": [p] * len(keys), "row": list(rows), "sample": list(samples), "key": list(keys)}
-        frames.append(pl.DataFrame(frame, schema=KEY_SCHEMA))
+def _part_keys(job: tuple[int, pa.Buffer | pa.Table, TeacherSettings]) -> pl.DataFrame:
+    """(part, row, sample, key) of one partition's requests (its questions as a table or as IPC bytes)."""
+    p, questions, teacher = job
+    plan = plan_requests(from_ipc(questions) if isinstance(questions, pa.Buffer) else questions, teacher)
+    rows, samples, keys = zip(*plan.requests, strict=True) if plan.requests else ((), (), ())
+    frame = {"part": [p] * len(keys), "row": list(rows), "sample": list(samples), "key": list(keys)}
+    return pl.DataFrame(frame, schema=KEY_SCHEMA)
+
+
+def plan_keys(questions: pa.Table, cuts: list[int], teacher: TeacherSettings, pool: Pool | None = None) -> pl.DataFrame:
+    """(part, row within the part, sample index, request key) of every planned request, partition by partition
+    (in `pool`'s workers when it has several)."""
+    pool = pool or Pool()
+    needed = questions.select([c for c in ("id", "question", "options", "context") if c in questions.column_names])
+    slices = (needed.slice(cuts[p], cuts[p + 1] - cuts[p]) for p in range(len(cuts) - 1))
+    jobs = ((p, to_ipc(t) if pool.workers > 1 else t, teacher) for p, t in enumerate(slices))
+    frames = list(pool.map(_part_keys, jobs, len(cuts) - 1))
     return pl.concat(frames) if frames else pl.DataFrame(schema=KEY_SCHEMA)
 
 
@@ -41,6 +51,16 @@ def part_plan(keys: pl.DataFrame, p: int) -> Plan:
     mine = keys.filter(pl.col("part") == p)
     requests = list(zip(mine["row"].to_list(), mine["sample"].to_list(), mine["key"].to_list(), strict=True))
     return Plan(requests, [])
+
+
+def read_spill(path: Path) -> pa.Table:
+    """The records spilled for a partition, in cache-file order; the file is removed."""
+    if not path.exists():
+        return CACHE_COLUMNS.empty_table()
+    with pa.OSFile(str(path)) as f:
+        table = pa.ipc.open_stream(f).read_all()
+    path.unlink()
+    return table
 
 
 class Spill:
@@ -54,7 +74,8 @@ class Spill:
         self.found: list[pl.Series] = []
         self.writers: dict[int, Any] = {}
 
-    def _path(self, p: int) -> Path:
+    def path(self, p: int) -> Path:
+        """The spill file of partition `p` (`read_spill` reads it)."""
         return self.folder / f"part-{p:05d}.arrow"
 
     def scan(self, cache: ResponseCache, start: int = 0) -> int:
@@ -76,7 +97,7 @@ class Spill:
             for a, b in itertools.pairwise(cuts):
                 p = int(parts[a])
                 if p not in self.writers:
-                    self.writers[p] = pa.ipc.new_stream(self._path(p), CACHE_COLUMNS, options=IPC_OPTIONS)
+                    self.writers[p] = pa.ipc.new_stream(self.path(p), CACHE_COLUMNS, options=IPC_OPTIONS)
                 chunk = block.take(pa.array(rows[a:b])).cast(CACHE_COLUMNS).combine_chunks()
                 for batch in chunk.to_batches():
                     self.writers[p].write_batch(batch)
@@ -93,16 +114,6 @@ class Spill:
         for writer in self.writers.values():
             writer.close()
         self.writers.clear()
-
-    def read(self, p: int) -> pa.Table:
-        """The records spilled for partition `p`, in cache-file order; its file is removed."""
-        path = self._path(p)
-        if not path.exists():
-            return CACHE_COLUMNS.empty_table()
-        with pa.OSFile(str(path)) as f:
-            table = pa.ipc.open_stream(f).read_all()
-        path.unlink()
-        return table
 
     def remove(self) -> None:
         """Remove the spill folder."""
