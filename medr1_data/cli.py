@@ -356,8 +356,8 @@ def _add_build(sub: Sub) -> None:
         "--batch-rows",
         type=int,
         metavar="N",
-        help="traces per part of the trace stages (default: stages.BATCH_ROWS, 32,768; memory holds about one part; "
-        "the release does not depend on it)",
+        help="traces per part of the trace stages (default: stages.BATCH_ROWS, 16,384; memory holds about one part "
+        "a worker; the release does not depend on it)",
     )
     s.add_argument(
         "--workers",

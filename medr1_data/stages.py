@@ -42,7 +42,7 @@ from medr1_data.teacher.run import PartTraces, prepare, require_complete
 from medr1_data.verify import verify
 from medr1_data.workers import PartFn, PartJob, PartResult, Pool, from_ipc, run_job, to_ipc
 
-BATCH_ROWS = 32_768
+BATCH_ROWS = 16_384  # with two workers, each holds one part of this size (about 0.6 GB above its 0.25 GB base)
 QUESTION_PART_ROWS = 65_536  # rows per part of the question stages (fixed: their checkpoints do not depend on it)
 # question-level drops: made before any request is paid, or (a dataset teacher) no trace of the question exists
 PRE_TEACHER_DROPS = ("contaminated", "near_duplicate", "not_in_dataset")

@@ -341,3 +341,27 @@ def test_demo_cache_matches_traces_and_template() -> None:
     assert not missing and not extra, f"{len(missing)} keys missing, {len(extra)} unused; {hint}"
     changed = sorted(k for k in fresh if json.loads(json.dumps(fresh[k])) != committed[k])
     assert not changed, f"{len(changed)} records differ (first {changed[:1]}); {hint}"
+
+
+def test_cache_blocks_parse_in_pieces_and_a_record_longer_than_a_piece_still_reads() -> None:
+    """A block of cache lines parses in 1 MiB pieces on every core; a 3 MB record (longer than a piece) makes that
+    fail, and the block is read as one piece instead: the same records either way."""
+    from medr1_data.teacher.cache import CACHE_COLUMNS, PARSE_PIECE_BYTES, read_fast
+
+    def block(records: list[dict]) -> bytes:
+        return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+    small = [
+        {"key": f"k{i}", "model": "m", "message": {"role": "assistant", "content": f"{i} " * 500}} for i in range(3000)
+    ]
+    data = block(small)
+    assert len(data) > 4 * PARSE_PIECE_BYTES
+    table = read_fast(data, CACHE_COLUMNS)
+    assert table is not None and table.column("key").to_pylist() == [r["key"] for r in small]
+    assert table.column("message").combine_chunks().field("content").to_pylist() == [
+        r["message"]["content"] for r in small
+    ]
+    huge = [small[0], {**small[1], "message": {"role": "assistant", "content": "x" * 3_000_000}}, small[2]]
+    table = read_fast(block(huge), CACHE_COLUMNS)
+    assert table is not None and table.column("key").to_pylist() == ["k0", "k1", "k2"]
+    assert len(table.column("message")[1]["content"].as_py()) == 3_000_000
