@@ -29,9 +29,11 @@ its baselines).
 
 from __future__ import annotations
 
+import pickle
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import polars as pl
@@ -176,6 +178,26 @@ def build_index(benchmarks: list[tuple[str, pa.Table]], settings: DecontamSettin
     return BenchmarkIndex(
         settings, items, postings, totals, weights, weight_map(weights), counts, time.perf_counter() - start
     )
+
+
+def save_index(index: BenchmarkIndex, path: Path) -> Path:
+    """Write the index for worker processes to load (`load_index`), once each."""
+    path.write_bytes(pickle.dumps(index, protocol=pickle.HIGHEST_PROTOCOL))
+    return path
+
+
+_LOADED: dict[tuple[str, int], BenchmarkIndex] = {}  # this process's copy of the index file it was sent
+
+
+def load_index(ref: BenchmarkIndex | Path) -> BenchmarkIndex:
+    """The index itself, or the one `save_index` wrote to `ref` (read once per process and file version)."""
+    if isinstance(ref, BenchmarkIndex):
+        return ref
+    sig = (str(ref), ref.stat().st_mtime_ns)
+    if sig not in _LOADED:
+        _LOADED.clear()
+        _LOADED[sig] = pickle.loads(ref.read_bytes())
+    return _LOADED[sig]
 
 
 def item_ids(df: pl.DataFrame) -> pl.Series:

@@ -144,12 +144,22 @@ def _mark_dropped(table: pa.Table, reason: pl.Expr, name: str) -> pa.Table:
     return df.to_arrow()
 
 
+def decontam_part(table: pa.Table, index: Any) -> tuple[pa.Table, tuple[pa.Table, int]]:
+    """One part of the decontam stage against `index` (a `BenchmarkIndex`, or the file `save_index` wrote): the
+    part with its flags, and the flags and questions checked for the report."""
+    from medr1_data.decontam import decontaminate, load_index
+
+    out, part_report = decontaminate(check_input(table, contracts.QUESTIONS, "decontam stage input"), load_index(index))
+    flags = out.select(["contaminated", "contam_benchmark", "contam_rule"])
+    return _mark_dropped(out, pl.col("contaminated"), "contaminated"), (flags, part_report["questions_checked"])
+
+
 def stage_decontam(parts: Parts, b: Build) -> Parts:
     """`contam_*` columns against every benchmark of the recipe; contaminated questions get a drop_reason."""
     from medr1_data.benchmarks import load_benchmark
     from medr1_data.benchmarks import resolve as resolve_benchmark
     from medr1_data.decontam import OUT_FIELDS as DECONTAM_FIELDS
-    from medr1_data.decontam import build_index, decontaminate
+    from medr1_data.decontam import build_index, save_index
     from medr1_data.decontam import report as decontam_report
 
     r = b.recipe
@@ -162,18 +172,14 @@ def stage_decontam(parts: Parts, b: Build) -> Parts:
         name, loaded = load_benchmark(f"{spec.partition('=')[0]}={path}" if path else spec, folder)
         benches.append((name, loaded.table))
     index = build_index(benches, r.decontam.parsed())
-    start, flags, questions = time.perf_counter(), [], 0
-
-    def one(table: pa.Table) -> tuple[pa.Table, None]:  # each row's result reads only that row and the index
-        nonlocal questions
-        out, part_report = decontaminate(check_input(table, contracts.QUESTIONS, "decontam stage input"), index)
-        flags.append(out.select(["contaminated", "contam_benchmark", "contam_rule"]))
-        questions += part_report["questions_checked"]
-        return _mark_dropped(out, pl.col("contaminated"), "contaminated"), None
-
+    start = time.perf_counter()
+    shipped = save_index(index, b.build_dir / "decontam-index.pickle") if b.pool.workers > 1 else index
     read = [*_columns(contracts.QUESTIONS), "drop_reason"]
     own = [f.name for f in DECONTAM_FIELDS] + ["drop_reason"]
-    written = _map_parts(parts, b, one, read, own, here=True)[0]  # the index stays in this process
+    written, counts = _map_parts(parts, b, functools.partial(decontam_part, index=shipped), read, own)
+    if isinstance(shipped, Path):
+        shipped.unlink()
+    flags, questions = [f for f, _ in counts], sum(n for _, n in counts)
     flagged = pl.from_arrow(pa.concat_tables(flags))
     report = decontam_report(index, flagged, questions, time.perf_counter() - start, index.settings)
     b.stats["decontam"] = report
@@ -301,15 +307,13 @@ def stage_distill(parts: Parts, b: Build) -> Parts:
     return writer.close()
 
 
-def _map_parts(
-    parts: Parts, b: Build, fn: PartFn, read: list[str], own: list[str], here: bool = False
-) -> tuple[Parts, list[Any]]:
-    """A trace stage part by part, in the build's workers (`here`: in this process): `fn` over the `read` columns
-    of each part; its `own` columns are stored. Returns the table and what `fn` gave for each part."""
+def _map_parts(parts: Parts, b: Build, fn: PartFn, read: list[str], own: list[str]) -> tuple[Parts, list[Any]]:
+    """A stage part by part, in the build's workers: `fn` over the `read` columns of each part; its `own` columns
+    are stored. Returns the table and what `fn` gave for each part."""
     writer = b.writer(base=parts, own=own)
     jobs = (PartJob(parts, i, read, fn, own, writer.path(i)) for i in range(len(parts)))
     extras = []
-    for result in b.pool.map(run_job, jobs, 1 if here else len(parts)):
+    for result in b.pool.map(run_job, jobs, len(parts)):
         writer.layout(result.names)
         writer.add(result.entry)
         extras.append(result.extra)

@@ -46,3 +46,31 @@ def test_results_do_not_depend_on_the_batch(shared_data: Path) -> None:
         assert _in_batches(table, index, size).equals(whole), size
     small = build_index(targets, DecontamSettings(batch_rows=29))  # the retrieval batch inside one call
     assert decontaminate(table, small)[0].select(COLUMNS).equals(whole)
+
+
+def test_worker_processes_load_the_saved_index_and_flag_the_same(shared_data: Path, tmp_path: Path) -> None:
+    """The build's decontam stage with workers: the index saved once, each worker loads it and flags its parts;
+    the flags are those of one call in this process."""
+    import functools
+
+    from medr1_data.decontam import save_index
+    from medr1_data.stages import decontam_part
+    from medr1_data.workers import Pool
+
+    table, targets = _rows(shared_data)
+    index = build_index(targets, DecontamSettings())
+    whole = decontaminate(table, index)[0].select(COLUMNS)
+    path = save_index(index, tmp_path / "index.pickle")
+    parts = [table.slice(lo, 250) for lo in range(0, table.num_rows, 250)]
+    pool = Pool(2)
+    try:
+        results = list(pool.map(functools.partial(decontam_part, index=path), parts, len(parts)))
+    finally:
+        pool.close()
+    assert len(pool.peaks) == 2  # both workers ran parts
+    flagged = pa.concat_tables([out for out, _ in results]).select(COLUMNS)
+    assert flagged.to_pydict() == whole.to_pydict()
+    assert sum(n for _, (_, n) in results) == whole.num_rows // 2  # each question once, though it has two rows
+    assert set(pa.concat_tables([out for out, _ in results]).column("drop_reason").drop_null().to_pylist()) == {
+        "contaminated"
+    }
