@@ -365,3 +365,44 @@ def test_cache_blocks_parse_in_pieces_and_a_record_longer_than_a_piece_still_rea
     table = read_fast(block(huge), CACHE_COLUMNS)
     assert table is not None and table.column("key").to_pylist() == ["k0", "k1", "k2"]
     assert len(table.column("message")[1]["content"].as_py()) == 3_000_000
+
+
+def test_the_cache_spills_in_pieces_in_workers_and_the_last_record_still_wins(tmp_path: Path) -> None:
+    """Two workers read the cache in four pieces of lines; a partition's records come back in file order across
+    the pieces, so a key answered twice keeps its later record, and a key the cache lacks is missing."""
+    import polars as pl
+
+    from medr1_data.teacher.cache import ResponseCache
+    from medr1_data.teacher.spill import KEY_SCHEMA, Spill, read_spill
+    from medr1_data.workers import Pool
+
+    cache = ResponseCache(tmp_path / "cache")
+    cache.folder.mkdir()
+    lines = [
+        {"key": f"k{i}", "model": "m", "message": {"role": "assistant", "content": f"v{i} " * 40}} for i in range(400)
+    ]
+    lines.append({"key": "k7", "model": "m", "message": {"role": "assistant", "content": "the later answer"}})
+    cache.path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    keys = pl.DataFrame(
+        {
+            "part": [i % 3 for i in range(401)],
+            "row": list(range(401)),
+            "sample": [0] * 401,
+            "key": [f"k{i}" for i in range(401)],
+        },
+        schema=KEY_SCHEMA,
+    )
+    pool = Pool(2)
+    try:
+        spill = Spill(tmp_path / "spill", keys, pool)
+        spill.scan(cache)
+    finally:
+        pool.close()
+    assert spill.pieces == 4 and max(len(spill.paths(p)) for p in range(3)) > 1
+    assert spill.missing().to_list() == ["k400"]
+    for p in range(3):
+        records = read_spill(spill.paths(p)).to_pylist()
+        expected = [r for r in lines if int(r["key"][1:]) % 3 == p]
+        assert [(r["key"], r["message"]["content"]) for r in records] == [
+            (r["key"], r["message"]["content"]) for r in expected
+        ]

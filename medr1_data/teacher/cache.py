@@ -205,10 +205,10 @@ def read_fast(block: bytes, schema: pa.Schema = CACHE_COLUMNS) -> pa.Table | Non
     return None
 
 
-def _read_slow(block: bytes, path: Path, first_line: int | None, schema: pa.Schema) -> pa.Table:
-    """`read_fast` record by record (for records the C++ reader cannot type); a bad line raises."""
+def _read_slow(block: bytes, path: Path, offset: int, schema: pa.Schema) -> pa.Table:
+    """`read_fast` record by record (for records the C++ reader cannot type); a bad line raises, naming its line."""
     rows = []
-    for n, line in enumerate(block.splitlines(), start=first_line or 0):
+    for n, line in enumerate(block.splitlines()):
         if not line.strip():
             continue
         try:
@@ -216,10 +216,28 @@ def _read_slow(block: bytes, path: Path, first_line: int | None, schema: pa.Sche
         except (json.JSONDecodeError, UnicodeDecodeError):
             rec = None
         if not isinstance(rec, dict) or "key" not in rec:
-            where = f"line {n}" if first_line else "a line appended during this run"
-            raise Medr1Error(f"{path}: {where} is not a cache record")
+            raise Medr1Error(f"{path}: line {_lines_before(path, offset) + n + 1} is not a cache record")
         rows.append({k: v for k, v in _columns_of(rec).items() if k in schema.names})
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _lines_before(path: Path, offset: int) -> int:
+    """How many lines of the file end before byte `offset` (for an error message only: it reads that far)."""
+    with path.open("rb") as f:
+        return sum(f.read(min(1 << 20, offset - pos)).count(b"\n") for pos in range(0, offset, 1 << 20))
+
+
+def line_starts(path: Path, start: int, end: int, pieces: int) -> list[int]:
+    """About `pieces` + 1 offsets from `start` to `end` (both line starts), each one the start of a line."""
+    cuts = [start]
+    with path.open("rb") as f:
+        for k in range(1, pieces):
+            f.seek(max(cuts[-1], start + (end - start) * k // pieces))
+            f.readline()  # to the start of the next line
+            pos = f.tell()
+            if cuts[-1] < pos < end:
+                cuts.append(pos)
+    return [*cuts, end] if end > start else [start]
 
 
 def complete_end(path: Path) -> int:
@@ -245,12 +263,12 @@ def scan_blocks(path: Path, start: int, end: int, schema: pa.Schema = CACHE_COLU
     """The `schema` fields of the records between two line starts of the file, a block of lines at a time."""
     with path.open("rb") as f:
         f.seek(start)
-        line = 1 if start == 0 else None  # line numbers are known when the scan starts at the top
         pos, carry = start, b""
         while pos < end:
             data = f.read(min(SCAN_BLOCK_BYTES, end - pos))
             if not data:
                 break
+            block_start = pos - len(carry)
             pos += len(data)
             block = carry + data
             cut = block.rfind(b"\n") + 1
@@ -258,11 +276,7 @@ def scan_blocks(path: Path, start: int, end: int, schema: pa.Schema = CACHE_COLU
             if not block:
                 continue
             table = read_fast(block, schema)
-            if table is None:
-                table = _read_slow(block, path, line, schema)
-            if line is not None:
-                line += block.count(b"\n")
-            yield table
+            yield table if table is not None else _read_slow(block, path, block_start, schema)
 
 
 class CacheWriter:

@@ -49,7 +49,7 @@ class PartTraces:
 
     questions: pa.Buffer | pa.Table
     requests: list[tuple[int, int, str]]
-    spill: Path
+    spill: list[Path]
     errors: dict[str, str]
     teacher: TeacherSettings
 
@@ -99,7 +99,7 @@ class Prepared:
         errors = {k: self.errors[k] for _, _, k in plan.requests if k in self.errors}
         questions = self.questions.slice(self.cuts[p], self.cuts[p + 1] - self.cuts[p])
         shipped = to_ipc(questions) if ship else questions
-        return PartTraces(shipped, plan.requests, self.spill.path(p), errors, self.teacher)
+        return PartTraces(shipped, plan.requests, self.spill.paths(p), errors, self.teacher)
 
     def traces(self, p: int) -> pa.Table:
         """The traces of partition `p`: one row per (question, sample), `error` where no response is cached."""
@@ -134,7 +134,7 @@ def prepare(
     teacher.check()
     keys = plan_keys(questions, cuts, teacher, pool)
     cache = ResponseCache(teacher.cache)
-    spill = Spill(workdir, keys)
+    spill = Spill(workdir, keys, pool)
     end = spill.scan(cache)
     missing = spill.missing()
     stats = RunStats(total=keys["key"].n_unique(), to_fetch=len(missing))
@@ -152,7 +152,6 @@ def prepare(
         spill.scan(cache, end)  # the new responses are at the end of the file now
     elif len(missing):
         errors = dict.fromkeys(missing.to_list(), "not in the cache (offline)")
-    spill.close()
     run = Prepared(questions, cuts, teacher, keys, spill, stats, errors)
     still = set(spill.missing().to_list())
     if still:

@@ -2,9 +2,10 @@
 need it, so that a partition's traces are assembled from its own records and memory holds one partition.
 
 A build cuts its questions (sorted by id) into partitions of about `batch_rows` traces. `plan_keys` gives the
-request key of every (question, sample) with its partition; `Spill.scan` reads the cache a block at a time and
-appends each record a partition needs to that partition's spill file (Arrow IPC, lz4) in file order, so that the
-last record of a key still wins; `Spill.read` gives a partition's records back.
+request key of every (question, sample) with its partition; `Spill.scan` reads the cache in pieces of lines (one a
+worker), a block at a time, and appends each record a partition needs to that partition's spill file of the piece
+(Arrow IPC, lz4); `read_spill` gives a partition's records back in file order, so that the last record of a key
+still wins.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from __future__ import annotations
 import itertools
 import shutil
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
-from medr1_data.teacher.cache import CACHE_COLUMNS, ResponseCache
+from medr1_data.teacher.cache import CACHE_COLUMNS, ResponseCache, complete_end, line_starts, scan_blocks
 from medr1_data.teacher.plan import Plan, plan_requests
 from medr1_data.teacher.settings import TeacherSettings
 from medr1_data.workers import Pool, from_ipc, to_ipc
@@ -53,54 +53,92 @@ def part_plan(keys: pl.DataFrame, p: int) -> Plan:
     return Plan(requests, [])
 
 
-def read_spill(path: Path) -> pa.Table:
-    """The records spilled for a partition, in cache-file order; the file is removed."""
-    if not path.exists():
-        return CACHE_COLUMNS.empty_table()
-    with pa.OSFile(str(path)) as f:
-        table = pa.ipc.open_stream(f).read_all()
-    path.unlink()
-    return table
+def read_spill(paths: list[Path]) -> pa.Table:
+    """The records spilled for a partition, in cache-file order (its files in the order they were scanned); the
+    files are removed."""
+    tables = [CACHE_COLUMNS.empty_table()]
+    for path in paths:
+        with pa.OSFile(str(path)) as f:
+            tables.append(pa.ipc.open_stream(f).read_all())
+        path.unlink()
+    return pa.concat_tables(tables)
+
+
+_NEED: dict[tuple[str, int], pl.DataFrame] = {}  # this process's copy of the (key, part) file of the spill
+
+
+def _need(path: Path) -> pl.DataFrame:
+    sig = (str(path), path.stat().st_mtime_ns)
+    if sig not in _NEED:
+        _NEED.clear()
+        _NEED[sig] = pl.read_ipc(path)
+    return _NEED[sig]
+
+
+def spill_piece(job: tuple[Path, int, int, Path, Path]) -> tuple[pl.Series, list[int]]:
+    """Spill the records of the cache lines from `start` to `end` (`job`: cache file, start, end, the (key, part)
+    file, the files' prefix): each partition's records to `prefix-part-PPPPP.arrow`, in file order. Returns the
+    keys found and the partitions written."""
+    cache, start, end, need_path, prefix = job
+    need, writers, found = _need(need_path), {}, []
+    try:
+        for block in scan_blocks(cache, start, end):
+            hits = pl.from_arrow(block.select(["key"])).with_row_index("j").join(need, on="key").sort("part", "j")
+            if not hits.height:
+                continue
+            found.append(hits["key"])
+            parts, rows = hits["part"].to_numpy(), hits["j"].to_numpy()
+            cuts = [0, *((parts[1:] != parts[:-1]).nonzero()[0] + 1).tolist(), len(parts)]
+            for a, b in itertools.pairwise(cuts):
+                p = int(parts[a])
+                if p not in writers:
+                    path = prefix.with_name(f"{prefix.name}-part-{p:05d}.arrow")
+                    writers[p] = pa.ipc.new_stream(path, CACHE_COLUMNS, options=IPC_OPTIONS)
+                for batch in block.take(pa.array(rows[a:b])).cast(CACHE_COLUMNS).combine_chunks().to_batches():
+                    writers[p].write_batch(batch)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return (pl.concat(found) if found else pl.Series("key", [], pl.String)), sorted(writers)
 
 
 class Spill:
-    """Per-partition spill files of the cache records the planned keys need."""
+    """Per-partition spill files of the cache records the planned keys need.
 
-    def __init__(self, folder: Path, keys: pl.DataFrame) -> None:
+    The cache is read in pieces of whole lines, one a worker (`pool`); piece k writes its records of partition p to
+    its own file, and a partition's files are read back in piece order, so the records stay in file order."""
+
+    def __init__(self, folder: Path, keys: pl.DataFrame, pool: Pool | None = None) -> None:
         self.folder = Path(folder)
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
         self.need = keys.select("key", "part").unique(maintain_order=True)
+        self.need_path = self.folder / "need.arrow"
+        self.need.write_ipc(self.need_path)
+        self.pool = pool or Pool()
         self.found: list[pl.Series] = []
-        self.writers: dict[int, Any] = {}
+        self.files: dict[int, list[Path]] = {}  # partition -> its spill files, in cache-file order
+        self.pieces = 0
 
-    def path(self, p: int) -> Path:
-        """The spill file of partition `p` (`read_spill` reads it)."""
-        return self.folder / f"part-{p:05d}.arrow"
+    def paths(self, p: int) -> list[Path]:
+        """The spill files of partition `p`, in cache-file order (`read_spill` reads them)."""
+        return list(self.files.get(p, []))
 
     def scan(self, cache: ResponseCache, start: int = 0) -> int:
         """Spill the records of the cache from offset `start` on; returns the offset where the scan ended."""
-        end, blocks = cache.scan(start)
-        for block in blocks:
-            hits = (
-                pl.from_arrow(block.select(["key"]))
-                .with_row_index("j")
-                .join(self.need, on="key", how="inner")
-                .sort("part", "j")
-            )
-            if not hits.height:
-                continue
-            self.found.append(hits["key"])
-            parts = hits["part"].to_numpy()
-            rows = hits["j"].to_numpy()
-            cuts = [0, *((parts[1:] != parts[:-1]).nonzero()[0] + 1).tolist(), len(parts)]
-            for a, b in itertools.pairwise(cuts):
-                p = int(parts[a])
-                if p not in self.writers:
-                    self.writers[p] = pa.ipc.new_stream(self.path(p), CACHE_COLUMNS, options=IPC_OPTIONS)
-                chunk = block.take(pa.array(rows[a:b])).cast(CACHE_COLUMNS).combine_chunks()
-                for batch in chunk.to_batches():
-                    self.writers[p].write_batch(batch)
+        end = complete_end(cache.path)
+        pieces = 1 if self.pool.workers == 1 else 2 * self.pool.workers
+        cuts = line_starts(cache.path, start, end, pieces) if end > start else [start]
+        prefixes = [self.folder / f"piece-{self.pieces + k:05d}" for k in range(len(cuts) - 1)]
+        self.pieces += len(prefixes)
+        jobs = [
+            (cache.path, a, b, self.need_path, pre)
+            for (a, b), pre in zip(itertools.pairwise(cuts), prefixes, strict=True)
+        ]
+        for prefix, (found, parts) in zip(prefixes, self.pool.map(spill_piece, jobs, len(jobs)), strict=True):
+            self.found.append(found)
+            for p in parts:
+                self.files.setdefault(p, []).append(prefix.with_name(f"{prefix.name}-part-{p:05d}.arrow"))
         return end
 
     def missing(self) -> pl.Series:
@@ -109,13 +147,6 @@ class Spill:
         keys = self.need.select("key").unique(maintain_order=True)
         return keys.filter(~pl.col("key").is_in(found.implode()))["key"]
 
-    def close(self) -> None:
-        """Finish every spill file (after the last scan)."""
-        for writer in self.writers.values():
-            writer.close()
-        self.writers.clear()
-
     def remove(self) -> None:
         """Remove the spill folder."""
-        self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
