@@ -265,14 +265,17 @@ def run(
         raise Medr1Error(f"--batch-rows {batch_rows}: expected a whole number >= 1")
     out = Path(out or recipe.output.dir)
     first, last = _window(recipe, from_stage, until_stage)
+    pool = Pool(workers)  # its worker processes start on first use
     created = [p for p in (out, out.with_name(out.name + ".build")) if not p.exists()]
     try:
-        return _run(recipe, out, quiet, first, last, from_stage, batch_rows, Pool(workers))
+        return _run(recipe, out, quiet, first, last, from_stage, batch_rows, pool)
     except BaseException:
         for folder in created:  # a failed build leaves no empty folder behind; checkpoints are kept for a rerun
             if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
                 shutil.rmtree(folder)
         raise
+    finally:
+        pool.close()
 
 
 def _run(
@@ -285,24 +288,7 @@ def _run(
     batch_rows: int,
     pool: Pool,
 ) -> Build:
-    """`run` once its arguments are checked (the workers' `pool` is closed when it returns)."""
-    try:
-        return _run_stages(recipe, out, quiet, first, last, from_stage, batch_rows, pool)
-    finally:
-        pool.close()
-
-
-def _run_stages(
-    recipe: Recipe,
-    out: Path,
-    quiet: bool,
-    first: int | None,
-    last: int,
-    from_stage: str | None,
-    batch_rows: int,
-    pool: Pool,
-) -> Build:
-    """The stages of `run`, in order."""
+    """`run` once its arguments are checked: the stages in order."""
     stages = list(recipe.stages)
     started = time.perf_counter()
     keys = stage_keys(recipe, out)

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,18 +28,18 @@ from medr1_data import Medr1Error, __version__, contracts
 from medr1_data import sources as source_registry
 from medr1_data.card import length_stats, text_lengths
 from medr1_data.contracts import check_input
-from medr1_data.parts import Parts, PartsWriter, RowGroupWriter, write_part
+from medr1_data.distill_stage import stage_distill
+from medr1_data.parts import Parts, PartsWriter, RowGroupWriter
 from medr1_data.progress import BuildProgress, release_memory
 from medr1_data.prompts import get_template
 from medr1_data.reach import require_hub
 from medr1_data.recipe import Recipe
-from medr1_data.schema import REJECT_SCHEMA, TRACE_FIELDS, VERIFY_FIELDS, normalize
+from medr1_data.schema import REJECT_SCHEMA, VERIFY_FIELDS, normalize
 from medr1_data.score import ScoreSettings, score
 from medr1_data.select import SelectSettings, select, unanswered_questions
 from medr1_data.shards import ShardWriter, chat_columns, sort_order, take_rows, write_manifest
-from medr1_data.teacher.run import PartTraces, prepare, require_complete
 from medr1_data.verify import verify
-from medr1_data.workers import PartFn, PartJob, PartResult, Pool, from_ipc, run_job, to_ipc
+from medr1_data.workers import PartFn, PartJob, Pool, run_job
 
 BATCH_ROWS = 16_384  # with two workers, each holds one part of this size (about 0.6 GB above its 0.25 GB base)
 QUESTION_PART_ROWS = 65_536  # rows per part of the question stages (fixed: their checkpoints do not depend on it)
@@ -211,100 +210,6 @@ def stage_dedup(parts: Parts, b: Build) -> Parts:
         "parameters": dataclasses.asdict(settings),
     }
     return _write_questions(_mark_dropped(out, ~pl.col("dup_keep"), "near_duplicate"), parts, b)
-
-
-def _cuts(rows: int, per_part: int) -> list[int]:
-    """Part boundaries of `rows` rows, `per_part` each (at least one part)."""
-    return [*range(0, rows, per_part), rows] if rows else [0, 0]
-
-
-def _skipped_rows(questions: pa.Table) -> pa.Table:
-    """Questions dropped before the teacher, as trace rows: sample 0, no trace (their drop is counted)."""
-    for f in TRACE_FIELDS:
-        n = questions.num_rows
-        value = pa.array([0] * n, f.type) if f.name == "sample_idx" else pa.nulls(n, f.type)
-        questions = questions.append_column(f, value)
-    return questions
-
-
-def _split_dropped(parts: Parts) -> tuple[pa.Table, pa.Table, np.ndarray]:
-    """The questions still to distill (no `drop_reason`) and those dropped before, read a part at a time (so the
-    whole table is never held twice), and which rows are active, in release order."""
-    active, skipped, masks, last = [], [], [], None
-    for table in parts.tables():
-        table = check_input(table, contracts.DISTILL, "distill stage input")
-        ids = pl.from_arrow(table.column("id"))
-        if not ids.is_sorted() or (last is not None and len(ids) and ids[0] < last):
-            raise Medr1Error("distill stage input: rows are not in id order (the question stages keep ingest's order)")
-        last = ids[-1] if len(ids) else last
-        if "drop_reason" not in table.column_names:
-            table = table.append_column("drop_reason", pa.nulls(table.num_rows, pa.string()))
-        mask = pc.is_null(table.column("drop_reason"))
-        active.append(table.filter(mask).drop_columns(["drop_reason"]))
-        skipped.append(table.filter(pc.invert(mask)))
-        masks.append(mask.to_numpy(zero_copy_only=False))
-    return pa.concat_tables(active), pa.concat_tables(skipped), np.concatenate(masks)
-
-
-@dataclass(frozen=True)
-class DistillPart:
-    """A part of the distill stage: its traces to assemble, its questions dropped before the teacher, its file."""
-
-    traces: PartTraces
-    skipped: pa.Buffer | pa.Table
-    path: Path
-
-
-def _shipped(table: pa.Table, ship: bool) -> pa.Buffer | pa.Table:
-    return to_ipc(table) if ship else table
-
-
-def distill_part(job: DistillPart) -> tuple[PartResult, dict[str, int], dict[str, int]]:
-    """Write one part of the distill stage: its traces and its skipped questions in release order; the traces per
-    reported model name and per imported dataset."""
-    traces, reported, imported = job.traces.assemble()
-    absent = pc.if_else(pc.is_valid(traces.column("error")), "not_in_dataset", pa.scalar(None, pa.string()))
-    traces = traces.append_column("drop_reason", absent)  # only a dataset teacher leaves rows unanswered
-    skipped = from_ipc(job.skipped) if isinstance(job.skipped, pa.Buffer) else job.skipped
-    here = _skipped_rows(skipped)
-    out = pa.concat_tables([traces, here.select(traces.column_names).cast(traces.schema)])
-    out = take_rows(out, sort_order(out))
-    return PartResult(write_part(out, job.path), out.column_names, None), reported, imported
-
-
-def stage_distill(parts: Parts, b: Build) -> Parts:
-    """Teacher traces, one row per (question, sample), in release order, a part of about `b.batch_rows` traces at a
-    time; questions already dropped are not sent (nothing is paid) and stay as one row each."""
-    teacher = dataclasses.replace(b.recipe.teacher, cache=str(b.recipe.resolve(b.recipe.teacher.cache)))
-    active, skipped, is_active = _split_dropped(parts)
-    per_part = max(1, b.batch_rows // teacher.samples)
-    cuts = _cuts(len(is_active), per_part)
-    active_before = np.concatenate([[0], np.cumsum(is_active)])
-    active_cuts = [int(active_before[c]) for c in cuts]
-    skipped_cuts = [c - a for c, a in zip(cuts, active_cuts, strict=True)]
-    spill = b.build_dir / "distill-spill"
-    run = require_complete(prepare(active, active_cuts, teacher, spill, quiet=b.quiet, pool=b.pool), teacher)
-    writer, ship = b.writer(), b.pool.workers > 1
-    jobs = (
-        DistillPart(
-            run.part(p, ship),
-            _shipped(skipped.slice(skipped_cuts[p], skipped_cuts[p + 1] - skipped_cuts[p]), ship),
-            writer.path(p),
-        )
-        for p in range(len(cuts) - 1)
-    )
-    try:
-        for result, reported, imported in b.pool.map(distill_part, jobs, len(cuts) - 1):
-            writer.layout(result.names)
-            writer.add(result.entry)
-            run.tally(reported, imported)
-            b.progress_rows(result.entry["rows"])
-    finally:
-        run.close()
-    b.stats["teacher_reported"] = dict(sorted(run.reported_models.items()))  # model name reported -> traces
-    if run.imported_from:
-        b.stats["teacher_imported_from"] = dict(sorted(run.imported_from.items()))  # dataset ref@revision -> traces
-    return writer.close()
 
 
 def _map_parts(parts: Parts, b: Build, fn: PartFn, read: list[str], own: list[str]) -> tuple[Parts, list[Any]]:

@@ -10,6 +10,8 @@ worker, or a table of one part, everything runs in this process.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -68,6 +70,17 @@ def run_job(job: PartJob) -> PartResult:
     return PartResult(entry, out.column_names, extra)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: exit as soon as the build process is gone (killed with SIGKILL, it cannot stop its workers)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _measured(fn: Callable[[T], R], item: T) -> tuple[R, int, float]:
     """`fn(item)` in a worker: its result, the worker's pid and its peak RSS (MB) during the call."""
     peak = PeakRSS()
@@ -109,7 +122,12 @@ class Pool:
                 release_memory()
             return
         if self.executor is None:
-            self.executor = ProcessPoolExecutor(min(self.workers, count), mp_context=get_context("spawn"))
+            self.executor = ProcessPoolExecutor(
+                min(self.workers, count),
+                mp_context=get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         inflight: deque[Future[tuple[R, int, float]]] = deque()
         try:
             for item in items:

@@ -328,3 +328,30 @@ def test_release_does_not_depend_on_the_workers(tmp_path: Path) -> None:
 def test_workers_must_be_a_positive_number(tmp_path: Path) -> None:
     with pytest.raises(Medr1Error, match="--workers 0: expected a whole number >= 1"):
         run(load_recipe("demo"), tmp_path / "release", quiet=True, workers=0)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc (Linux)")
+def test_workers_exit_when_the_build_is_killed(tmp_path: Path) -> None:
+    """`kill -9` of a build while its workers map parts: the workers notice and exit, nothing is left running."""
+    out = tmp_path / "release"
+    cmd = [sys.executable, "-m", "medr1_data.cli", "build", "--out", str(out), "--quiet", "--batch-rows", "3"]
+    proc = subprocess.Popen([*cmd, "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
+        workers = [c for c in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        time.sleep(0.05)
+    assert len(workers) == 2, "the build started no workers"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()], "workers outlived the build"

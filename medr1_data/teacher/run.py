@@ -35,9 +35,17 @@ from medr1_data.teacher.client import Fatal, RunStats, TeacherClient, api_key, p
 from medr1_data.teacher.plan import Job, Plan
 from medr1_data.teacher.prices import RETIRED
 from medr1_data.teacher.settings import TeacherSettings
-from medr1_data.teacher.spill import Spill, part_plan, plan_keys, read_spill
+from medr1_data.teacher.spill import (
+    PLAN_COLUMNS,
+    Spill,
+    load_questions,
+    part_plan,
+    part_questions,
+    plan_keys,
+    read_spill,
+)
 from medr1_data.teacher.traces import assemble
-from medr1_data.workers import Pool, from_ipc, to_ipc
+from medr1_data.workers import Pool
 
 R = TypeVar("R", "Prepared", "DistillResult")
 
@@ -47,7 +55,7 @@ class PartTraces:
     """A partition's questions (Arrow IPC), its planned requests, its spilled cache records and why keys are
     missing: all that its traces are assembled from."""
 
-    questions: pa.Buffer | pa.Table
+    questions: Any  # `spill.part_questions`
     requests: list[tuple[int, int, str]]
     spill: list[Path]
     errors: dict[str, str]
@@ -59,8 +67,9 @@ class PartTraces:
         planned = planned_records(records, [k for _, _, k in self.requests])
         reported = reported_models(planned, self.teacher.model)
         imported = imported_from(planned) if self.teacher.endpoint == "dataset" else {}
-        questions = from_ipc(self.questions) if isinstance(self.questions, pa.Buffer) else self.questions
-        table = assemble(questions, Plan(self.requests, []), [records], self.errors, self.teacher).table
+        table = assemble(
+            load_questions(self.questions), Plan(self.requests, []), [records], self.errors, self.teacher
+        ).table
         return table, reported, imported
 
 
@@ -68,9 +77,10 @@ class PartTraces:
 class Prepared:
     """A distill run whose responses are in the cache or known to be missing: its traces, a partition at a time.
 
-    `cuts` cut the questions into partitions (rows `cuts[p]` to `cuts[p + 1]`); `traces(p)` assembles one."""
+    `cuts` cut the questions into partitions (rows `cuts[p]` to `cuts[p + 1]`); `traces(p)` assembles one.
+    `questions` is the table, or one loader a partition (`spill.part_questions`)."""
 
-    questions: pa.Table
+    questions: pa.Table | list[Any]
     cuts: list[int]
     teacher: TeacherSettings
     keys: pl.DataFrame
@@ -97,8 +107,7 @@ class Prepared:
         pickles small and a worker process can assemble it)."""
         plan = part_plan(self.keys, p)
         errors = {k: self.errors[k] for _, _, k in plan.requests if k in self.errors}
-        questions = self.questions.slice(self.cuts[p], self.cuts[p + 1] - self.cuts[p])
-        shipped = to_ipc(questions) if ship else questions
+        shipped = part_questions(self.questions, self.cuts, p, ship)
         return PartTraces(shipped, plan.requests, self.spill.paths(p), errors, self.teacher)
 
     def traces(self, p: int) -> pa.Table:
@@ -118,7 +127,7 @@ class Prepared:
 
 
 def prepare(
-    questions: pa.Table,
+    questions: pa.Table | list[Any],
     cuts: list[int],
     teacher: TeacherSettings,
     workdir: Path,
@@ -141,11 +150,11 @@ def prepare(
     stats.cached_before = stats.total - stats.to_fetch
     errors: dict[str, str] = {}
     if len(missing) and (teacher.endpoint == "dataset" or not teacher.offline):
-        jobs = jobs_for(questions, cuts, keys, missing, teacher)
+        jobs, asked = jobs_for(questions, cuts, keys, missing, teacher)
         if teacher.endpoint == "dataset":
             from medr1_data.teacher.importer import import_responses
 
-            errors = import_responses(jobs, questions, teacher, stats)
+            errors = import_responses(jobs, asked, teacher, stats)
         else:
             stream = None if quiet else (progress_stream or sys.stderr)
             errors = _fetch(jobs, teacher, stats, stream, progress_interval)
@@ -156,26 +165,32 @@ def prepare(
     still = set(spill.missing().to_list())
     if still:
         first = keys.filter(pl.col("key").is_in(list(still))).row(0, named=True)
-        run.first_missing = (questions.column("id")[cuts[first["part"]] + first["row"]].as_py(), first["sample"])
+        ids = load_questions(part_questions(questions, cuts, first["part"]), ["id"]).column("id")
+        run.first_missing = (ids[first["row"]].as_py(), first["sample"])
         run.missing = keys.filter(pl.col("key").is_in(list(still))).height
     return run
 
 
 def jobs_for(
-    questions: pa.Table, cuts: list[int], keys: pl.DataFrame, missing: pl.Series, teacher: TeacherSettings
-) -> list[Job]:
-    """One job per missing key (its first row in question order), with the messages of its question."""
+    questions: pa.Table | list[Any], cuts: list[int], keys: pl.DataFrame, missing: pl.Series, teacher: TeacherSettings
+) -> tuple[list[Job], pa.Table]:
+    """One job per missing key (its first row in question order), with the messages of its question; and those
+    questions (id, question, options, context), read a partition at a time."""
     first = keys.filter(pl.col("key").is_in(missing.implode())).unique("key", keep="first", maintain_order=True)
-    starts = pl.Series(cuts[:-1], dtype=pl.Int64)
-    rows = (first["row"].cast(pl.Int64) + starts.gather(first["part"])).to_list()
-    cols = questions.select(["id", "question", "options", "context"]).take(pa.array(rows, pa.int64())).to_pydict()
+    asked = [
+        load_questions(part_questions(questions, cuts, p), PLAN_COLUMNS).take(pa.array(rows, pa.int64()))
+        for p, rows in first.group_by("part", maintain_order=True).agg("row").iter_rows()
+    ]
+    table = pa.concat_tables(asked)
+    cols = table.select(["id", "question", "options", "context"]).to_pydict()
     template = get_template(teacher.template)
-    return [
+    jobs = [
         Job(key, template.messages(q, o, c), sample, qid)
         for key, sample, qid, q, o, c in zip(
             first["key"], first["sample"], cols["id"], cols["question"], cols["options"], cols["context"], strict=True
         )
     ]
+    return jobs, table
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import shutil
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -26,22 +27,46 @@ IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 KEY_SCHEMA = {"part": pl.UInt32, "row": pl.UInt32, "sample": pl.Int32, "key": pl.String}
 
 
-def _part_keys(job: tuple[int, pa.Buffer | pa.Table, TeacherSettings]) -> pl.DataFrame:
-    """(part, row, sample, key) of one partition's requests (its questions as a table or as IPC bytes)."""
+PLAN_COLUMNS = ["id", "question", "options", "context"]  # what a request's messages and key are made of
+
+
+def part_questions(questions: pa.Table | list[Any], cuts: list[int], p: int, ship: bool = False) -> Any:
+    """What a job of partition `p` carries of its questions: a slice of the table (`ship`: as Arrow IPC bytes, for
+    a worker), or the partition's loader when the questions are one loader a partition (`.read(columns)`: the
+    build reads them where they are used, so no process holds every question)."""
+    if not isinstance(questions, pa.Table):
+        return questions[p]
+    part = questions.slice(cuts[p], cuts[p + 1] - cuts[p])
+    return to_ipc(part) if ship else part
+
+
+def load_questions(questions: Any, columns: list[str] | None = None) -> pa.Table:
+    """The table `part_questions` stands for (only `columns`, those of them it has, when given)."""
+    if not isinstance(questions, pa.Table | pa.Buffer):
+        return questions.read(columns)
+    table = from_ipc(questions) if isinstance(questions, pa.Buffer) else questions
+    return table if columns is None else table.select([c for c in columns if c in table.column_names])
+
+
+def _part_keys(job: tuple[int, Any, TeacherSettings]) -> pl.DataFrame:
+    """(part, row, sample, key) of one partition's requests."""
     p, questions, teacher = job
-    plan = plan_requests(from_ipc(questions) if isinstance(questions, pa.Buffer) else questions, teacher)
+    plan = plan_requests(load_questions(questions, PLAN_COLUMNS), teacher)
     rows, samples, keys = zip(*plan.requests, strict=True) if plan.requests else ((), (), ())
     frame = {"part": [p] * len(keys), "row": list(rows), "sample": list(samples), "key": list(keys)}
     return pl.DataFrame(frame, schema=KEY_SCHEMA)
 
 
-def plan_keys(questions: pa.Table, cuts: list[int], teacher: TeacherSettings, pool: Pool | None = None) -> pl.DataFrame:
+def plan_keys(
+    questions: pa.Table | list[Any], cuts: list[int], teacher: TeacherSettings, pool: Pool | None = None
+) -> pl.DataFrame:
     """(part, row within the part, sample index, request key) of every planned request, partition by partition
     (in `pool`'s workers when it has several)."""
     pool = pool or Pool()
-    needed = questions.select([c for c in ("id", "question", "options", "context") if c in questions.column_names])
-    slices = (needed.slice(cuts[p], cuts[p + 1] - cuts[p]) for p in range(len(cuts) - 1))
-    jobs = ((p, to_ipc(t) if pool.workers > 1 else t, teacher) for p, t in enumerate(slices))
+    if isinstance(questions, pa.Table):
+        questions = questions.select([c for c in PLAN_COLUMNS if c in questions.column_names])
+    ship = pool.workers > 1
+    jobs = ((p, part_questions(questions, cuts, p, ship), teacher) for p in range(len(cuts) - 1))
     frames = list(pool.map(_part_keys, jobs, len(cuts) - 1))
     return pl.concat(frames) if frames else pl.DataFrame(schema=KEY_SCHEMA)
 
