@@ -186,18 +186,15 @@ def save_index(index: BenchmarkIndex, path: Path) -> Path:
     return path
 
 
-_LOADED: dict[tuple[str, int], BenchmarkIndex] = {}  # this process's copy of the index file it was sent
+def _read_index(path: Path) -> BenchmarkIndex:
+    return pickle.loads(path.read_bytes())
 
 
 def load_index(ref: BenchmarkIndex | Path) -> BenchmarkIndex:
     """The index itself, or the one `save_index` wrote to `ref` (read once per process and file version)."""
-    if isinstance(ref, BenchmarkIndex):
-        return ref
-    sig = (str(ref), ref.stat().st_mtime_ns)
-    if sig not in _LOADED:
-        _LOADED.clear()
-        _LOADED[sig] = pickle.loads(ref.read_bytes())
-    return _LOADED[sig]
+    from medr1_data.workers import load_once
+
+    return ref if isinstance(ref, BenchmarkIndex) else load_once(ref, _read_index)
 
 
 def item_ids(df: pl.DataFrame) -> pl.Series:

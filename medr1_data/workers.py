@@ -90,17 +90,18 @@ def _measured(fn: Callable[[T], R], item: T) -> tuple[R, int, float]:
     return result, os.getpid(), peak.stop()
 
 
-def to_ipc(table: pa.Table) -> pa.Buffer:
-    """A table as Arrow IPC bytes, to send to a worker (a pickled slice would carry its parent's whole buffers)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
+_LOADED: dict[Callable[[Path], Any], tuple[tuple[str, int], Any]] = {}
 
 
-def from_ipc(buffer: pa.Buffer) -> pa.Table:
-    """The table `to_ipc` wrote."""
-    return pa.ipc.open_stream(buffer).read_all()
+def load_once(path: Path, load: Callable[[Path], T]) -> T:
+    """`load(path)`, once per process and version of the file: what a worker is sent by path (a benchmark index,
+    a key table) is read once for all its jobs; one value is kept per `load`."""
+    sig = (str(path), path.stat().st_mtime_ns)
+    held = _LOADED.get(load)
+    if held is None or held[0] != sig:
+        _LOADED.pop(load, None)  # the old value goes before the new one is read
+        held = _LOADED[load] = (sig, load(path))
+    return held[1]
 
 
 class Pool:

@@ -52,8 +52,8 @@ R = TypeVar("R", "Prepared", "DistillResult")
 
 @dataclass(frozen=True)
 class PartTraces:
-    """A partition's questions (Arrow IPC), its planned requests, its spilled cache records and why keys are
-    missing: all that its traces are assembled from."""
+    """A partition's questions (`spill.part_questions`), its planned requests, its spilled cache records and why
+    keys are missing: all that its traces are assembled from."""
 
     questions: Any  # `spill.part_questions`
     requests: list[tuple[int, int, str]]
@@ -102,17 +102,16 @@ class Prepared:
         missing = self.spill.missing()
         return self.errors.get(missing[0], "missing") if len(missing) else "?"
 
-    def part(self, p: int, ship: bool = True) -> PartTraces:
-        """What the traces of partition `p` are assembled from (`ship`: its questions as IPC bytes, so that it
-        pickles small and a worker process can assemble it)."""
+    def part(self, p: int) -> PartTraces:
+        """What the traces of partition `p` are assembled from (a worker process can assemble it)."""
         plan = part_plan(self.keys, p)
         errors = {k: self.errors[k] for _, _, k in plan.requests if k in self.errors}
-        shipped = part_questions(self.questions, self.cuts, p, ship)
-        return PartTraces(shipped, plan.requests, self.spill.paths(p), errors, self.teacher)
+        questions = part_questions(self.questions, self.cuts, p)
+        return PartTraces(questions, plan.requests, self.spill.paths(p), errors, self.teacher)
 
     def traces(self, p: int) -> pa.Table:
         """The traces of partition `p`: one row per (question, sample), `error` where no response is cached."""
-        table, reported, imported = self.part(p, ship=False).assemble()
+        table, reported, imported = self.part(p).assemble()
         self.tally(reported, imported)
         return table
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 from medr1_data.teacher.cache import CACHE_COLUMNS, ResponseCache, complete_end, line_starts, scan_blocks
 from medr1_data.teacher.plan import Plan, plan_requests
 from medr1_data.teacher.settings import TeacherSettings
-from medr1_data.workers import Pool, from_ipc, to_ipc
+from medr1_data.workers import Pool, load_once
 
 IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 KEY_SCHEMA = {"part": pl.UInt32, "row": pl.UInt32, "sample": pl.Int32, "key": pl.String}
@@ -30,22 +30,18 @@ KEY_SCHEMA = {"part": pl.UInt32, "row": pl.UInt32, "sample": pl.Int32, "key": pl
 PLAN_COLUMNS = ["id", "question", "options", "context"]  # what a request's messages and key are made of
 
 
-def part_questions(questions: pa.Table | list[Any], cuts: list[int], p: int, ship: bool = False) -> Any:
-    """What a job of partition `p` carries of its questions: a slice of the table (`ship`: as Arrow IPC bytes, for
-    a worker), or the partition's loader when the questions are one loader a partition (`.read(columns)`: the
-    build reads them where they are used, so no process holds every question)."""
-    if not isinstance(questions, pa.Table):
-        return questions[p]
-    part = questions.slice(cuts[p], cuts[p + 1] - cuts[p])
-    return to_ipc(part) if ship else part
+def part_questions(questions: pa.Table | list[Any], cuts: list[int], p: int) -> Any:
+    """What a job of partition `p` carries of its questions: a slice of the table, or the partition's loader when
+    the questions are one loader a partition (`.read(columns)`: the build reads them where they are used, in the
+    worker, so that no process holds every question)."""
+    return questions.slice(cuts[p], cuts[p + 1] - cuts[p]) if isinstance(questions, pa.Table) else questions[p]
 
 
 def load_questions(questions: Any, columns: list[str] | None = None) -> pa.Table:
     """The table `part_questions` stands for (only `columns`, those of them it has, when given)."""
-    if not isinstance(questions, pa.Table | pa.Buffer):
+    if not isinstance(questions, pa.Table):
         return questions.read(columns)
-    table = from_ipc(questions) if isinstance(questions, pa.Buffer) else questions
-    return table if columns is None else table.select([c for c in columns if c in table.column_names])
+    return questions if columns is None else questions.select([c for c in columns if c in questions.column_names])
 
 
 def _part_keys(job: tuple[int, Any, TeacherSettings]) -> pl.DataFrame:
@@ -65,8 +61,7 @@ def plan_keys(
     pool = pool or Pool()
     if isinstance(questions, pa.Table):
         questions = questions.select([c for c in PLAN_COLUMNS if c in questions.column_names])
-    ship = pool.workers > 1
-    jobs = ((p, part_questions(questions, cuts, p, ship), teacher) for p in range(len(cuts) - 1))
+    jobs = ((p, part_questions(questions, cuts, p), teacher) for p in range(len(cuts) - 1))
     frames = list(pool.map(_part_keys, jobs, len(cuts) - 1))
     return pl.concat(frames) if frames else pl.DataFrame(schema=KEY_SCHEMA)
 
@@ -89,23 +84,12 @@ def read_spill(paths: list[Path]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-_NEED: dict[tuple[str, int], pl.DataFrame] = {}  # this process's copy of the (key, part) file of the spill
-
-
-def _need(path: Path) -> pl.DataFrame:
-    sig = (str(path), path.stat().st_mtime_ns)
-    if sig not in _NEED:
-        _NEED.clear()
-        _NEED[sig] = pl.read_ipc(path)
-    return _NEED[sig]
-
-
 def spill_piece(job: tuple[Path, int, int, Path, Path]) -> tuple[pl.Series, list[int]]:
     """Spill the records of the cache lines from `start` to `end` (`job`: cache file, start, end, the (key, part)
     file, the files' prefix): each partition's records to `prefix-part-PPPPP.arrow`, in file order. Returns the
     keys found and the partitions written."""
     cache, start, end, need_path, prefix = job
-    need, writers, found = _need(need_path), {}, []
+    need, writers, found = load_once(need_path, pl.read_ipc), {}, []
     try:
         for block in scan_blocks(cache, start, end):
             hits = pl.from_arrow(block.select(["key"])).with_row_index("j").join(need, on="key").sort("part", "j")
