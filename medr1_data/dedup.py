@@ -23,8 +23,9 @@ and `dup_keep` (True on every row of the kept question); no row is dropped here 
 Memory is bounded (issue 19): questions are canonicalised `batch_rows` at a time and only integers are kept per
 question (exact-key hash, option count, stem length); the retrieval features are spilled in hash partitions
 (`selfindex.Spill`), candidates are generated per item range, and canonical text is recomputed only for the
-questions that need it (members of a hash group, candidate pairs). 2.2M questions: 2.2 GB peak with the input
-table (`python benchmarks/dedup.py`). Batches and partitions never change the result.
+questions that need it (members of a hash group, candidate pairs). Batches are canonicalised, and spill partitions
+indexed, in threads (`workers.thread_map`: polars runs most of a batch's kernels on one core). 2.2M questions:
+2.2 GB peak with the input table (`python benchmarks/dedup.py`). Batches and partitions never change the result.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ from medr1_data.index import (
 )
 from medr1_data.progress import release_memory
 from medr1_data.selfindex import Spill, build_self_index, self_candidates
+from medr1_data.shards import take_rows
+from medr1_data.workers import thread_map
 
 
 @dataclass
@@ -195,38 +198,66 @@ class Questions:
     def canon(self, qs: np.ndarray) -> pl.DataFrame:
         """`canon_table` of the questions `qs` (in that order)."""
         cols = [c for c in ("question", "options", "answer_label", "context") if c in self.table.column_names]
-        return canon_table(self.table.select(cols).take(pa.array(self.rows(qs))))
+        # `Table.take` from a table of many chunks costs about the whole table (0.2 s a batch at 2.2M rows)
+        return canon_table(take_rows(self.table.select(cols), self.rows(qs)))
 
 
-def _add_counts(total: pl.DataFrame | None, part: pl.DataFrame, sign: int = 1) -> pl.DataFrame:
-    part = part.select("tok", (pl.col("len").cast(pl.Int64) * sign).alias("len"))
-    return part if total is None else pl.concat([total, part]).group_by("tok").agg(pl.col("len").sum())
+class _Counts:
+    """Token document frequencies (`tok`, `len`) summed over batches. Batches wait until they hold as many rows as
+    the total before they are merged into it: each merge costs about the vocabulary, and summing batch by batch
+    would cost it once a batch (2.2M questions: 110 batches, a vocabulary of millions)."""
+
+    def __init__(self) -> None:
+        self.total = pl.DataFrame(schema={"tok": pl.String, "len": pl.Int64})
+        self.pending: list[pl.DataFrame] = []
+        self.rows = 0
+
+    def add(self, part: pl.DataFrame, sign: int = 1) -> None:
+        """Add (`sign` 1) or take away (-1) one batch's `token_counts`."""
+        self.pending.append(part.select("tok", (pl.col("len").cast(pl.Int64) * sign).alias("len")))
+        self.rows += part.height
+        if self.rows >= self.total.height:
+            self._merge()
+
+    def _merge(self) -> None:
+        if self.pending:
+            self.total = pl.concat([self.total, *self.pending]).group_by("tok").agg(pl.col("len").sum())
+            self.pending, self.rows = [], 0
+
+    def frame(self) -> pl.DataFrame:
+        """The sums so far, tokens whose count fell to 0 left out."""
+        self._merge()
+        return self.total.filter(pl.col("len") > 0)
 
 
-def _scan(q: Questions, s: DedupSettings, spill: Spill) -> tuple[np.ndarray, np.ndarray, np.ndarray, pl.DataFrame]:
+def _scan(q: Questions, s: DedupSettings, spill: Spill) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Counts]:
     """Pass over every question a batch at a time: (exact-key hash, option count, stem length, token counts).
 
-    The batch's retrieval features go to `spill` (`_i` = question number); the canonical text is dropped.
+    The batch's retrieval features go to `spill` (`_i` = question number); the canonical text is dropped. Batches
+    are canonicalised in threads (polars) and taken in order.
     """
     rs = s.retrieval()
-    keys, n_opts, n_chars = [], [], []
-    counts = None
-    for lo in range(0, q.n, s.batch_rows):
+
+    def scan_batch(lo: int) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         canon = q.canon(np.arange(lo, min(q.n, lo + s.batch_rows))).with_row_index("_i", offset=lo)
         cols = canon.select(
             EXACT_KEY.hash(SEED).alias("h"), pl.col("opts").list.len().alias("o"), pl.col("stem").str.len_chars()
         )
+        return cols, features(canon, rs, unique=False), token_counts(canon)
+
+    keys, n_opts, n_chars = [], [], []
+    counts = _Counts()
+    for cols, feats, tokens in thread_map(scan_batch, range(0, q.n, s.batch_rows)):
         keys.append(cols["h"].to_numpy())
         n_opts.append(cols["o"].to_numpy())
         n_chars.append(cols["stem"].to_numpy())
-        spill.add(features(canon, rs, unique=False))
-        counts = _add_counts(counts, token_counts(canon))
-        del canon, cols
-    assert counts is not None
+        spill.add(feats)
+        counts.add(tokens)
+        del cols, feats, tokens
     return np.concatenate(keys), np.concatenate(n_opts), np.concatenate(n_chars), counts
 
 
-def _exact_groups(q: Questions, hashes: np.ndarray, counts: pl.DataFrame, s: DedupSettings) -> tuple:
+def _exact_groups(q: Questions, hashes: np.ndarray, counts: _Counts, s: DedupSettings) -> tuple:
     """(each question's exact group: its smallest question, token counts of the groups' first questions only).
 
     Groups come from the key hashes, then are checked on the key text itself (in bounded batches of whole hash
@@ -245,9 +276,9 @@ def _exact_groups(q: Questions, hashes: np.ndarray, counts: pl.DataFrame, s: Ded
         key = canon.select(pl.Series("_q", part), EXACT_KEY.alias("key"))
         first = key.select(pl.col("_q").min().over("key"))["_q"].to_numpy()
         group[part] = first
-        counts = _add_counts(counts, token_counts(canon.filter(pl.Series(first != part))), -1)
+        counts.add(token_counts(canon.filter(pl.Series(first != part))), -1)
         lo = hi
-    return group, counts.filter(pl.col("len") > 0)
+    return group, counts.frame()
 
 
 def _confirm(q: Questions, rep_q: np.ndarray, pairs: pl.DataFrame, weight_frame: pl.DataFrame, s: DedupSettings):

@@ -24,6 +24,7 @@ import polars as pl
 import pyarrow as pa
 
 from medr1_data.index import IndexSettings, best_candidates, item_totals, pair_hits, posting_weight, view_cap
+from medr1_data.workers import thread_map
 
 FEATURE_ROWS = 6_000_000  # feature rows per spill partition (about 80 MB; counted at several times that)
 HIT_ROWS = 4_000_000  # feature hits per candidate batch
@@ -137,40 +138,51 @@ class SelfIndex:
 
 
 def build_self_index(spill: Spill, item_of: np.ndarray | None, n: int, settings: IndexSettings) -> SelfIndex:
-    """The `SelfIndex` of spilled features (`_i` = question) over `n` items; `item_of`: question -> item or -1."""
+    """The `SelfIndex` of spilled features (`_i` = question) over `n` items; `item_of`: question -> item or -1.
+
+    Partitions are indexed in threads (polars), taken from the spill and added up in order."""
     tot = np.zeros((3, n), dtype=np.float64)
     n_opt = np.zeros(n, dtype=np.uint32)
     items, lengths, views, weights = [], [], [], []
-    for part in range(spill.parts):
-        f = spill.take(part)
-        if not f.height:
+    spilled = (spill.take(part) for part in range(spill.parts))
+    for t, groups in thread_map(lambda f: _index_partition(f, item_of, n, settings), spilled):
+        if t is None:
             continue
-        if item_of is not None:
-            f = f.with_columns(pl.Series("_i", item_of[f["_i"].to_numpy()])).filter(pl.col("_i") >= 0)
-        f = f.with_columns(pl.col("_i").cast(pl.UInt32).alias("_item")).drop("_i")
-        counted = f.lazy().group_by("feat", "view").len("df").filter(pl.col("df") <= view_cap(settings))
-        post = f.lazy().join(counted, on=["feat", "view"]).with_columns(posting_weight(n)).collect()
-        del f
-        t = item_totals(post.lazy()).collect()
         at = t["_item"].to_numpy()
         for k, col in enumerate(("tot_ngram", "tot_optgram", "tot_ctx")):
             tot[k, at] += t[col].to_numpy()
         n_opt[at] += t["n_opt"].to_numpy().astype(np.uint32)
-        keep = post.filter(pl.col("df") >= 2).sort("feat", "view", "_item")
-        del post
-        if not keep.height:
-            continue
-        first = keep.select(
-            ((pl.col("feat") != pl.col("feat").shift(1)) | (pl.col("view") != pl.col("view").shift(1)))
-            .fill_null(True)
-            .alias("first")
-        )["first"].to_numpy()
-        starts = np.flatnonzero(first)
-        items.append(keep["_item"].to_numpy())
-        lengths.append(np.diff(np.append(starts, keep.height)))
-        views.append(keep["view"].to_numpy()[starts])
-        weights.append(keep["w"].to_numpy()[starts])
+        if groups is not None:
+            for kept, got in zip((items, lengths, views, weights), groups, strict=True):
+                kept.append(got)
     return _assemble(n, items, lengths, views, weights, tot, n_opt)
+
+
+def _index_partition(
+    f: pl.DataFrame, item_of: np.ndarray | None, n: int, settings: IndexSettings
+) -> tuple[pl.DataFrame | None, tuple[np.ndarray, ...] | None]:
+    """One partition's item totals and its shared postings (items, group lengths, views, weights), if any."""
+    if not f.height:
+        return None, None
+    if item_of is not None:
+        f = f.with_columns(pl.Series("_i", item_of[f["_i"].to_numpy()])).filter(pl.col("_i") >= 0)
+    f = f.with_columns(pl.col("_i").cast(pl.UInt32).alias("_item")).drop("_i")
+    counted = f.lazy().group_by("feat", "view").len("df").filter(pl.col("df") <= view_cap(settings))
+    post = f.lazy().join(counted, on=["feat", "view"]).with_columns(posting_weight(n)).collect()
+    del f
+    t = item_totals(post.lazy()).collect()
+    keep = post.filter(pl.col("df") >= 2).sort("feat", "view", "_item")
+    del post
+    if not keep.height:
+        return t, None
+    first = keep.select(
+        ((pl.col("feat") != pl.col("feat").shift(1)) | (pl.col("view") != pl.col("view").shift(1)))
+        .fill_null(True)
+        .alias("first")
+    )["first"].to_numpy()
+    starts = np.flatnonzero(first)
+    lengths = np.diff(np.append(starts, keep.height))
+    return t, (keep["_item"].to_numpy(), lengths, keep["view"].to_numpy()[starts], keep["w"].to_numpy()[starts])
 
 
 def _assemble(

@@ -1,5 +1,5 @@
 """Worker processes for the part-by-part stages: each part is read, mapped and written by one process, so that a
-build uses the cores it is given.
+build uses the cores it is given; `thread_map` does the same in threads for work that releases the GIL (polars).
 
 A part's file depends on its rows alone, never on which worker wrote it or how many there are, and the parts are
 recorded in order; the release is the same with one worker or eight (a test builds with both and compares bytes).
@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -88,6 +88,30 @@ def _measured(fn: Callable[[T], R], item: T) -> tuple[R, int, float]:
     result = fn(item)
     release_memory()
     return result, os.getpid(), peak.stop()
+
+
+def thread_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None) -> Iterator[R]:
+    """`fn` of each item in `threads` threads (default: the available cores), in order, `threads` items in flight.
+
+    For work that spends its time in polars or Arrow, which release the GIL: a polars query on one batch runs
+    most of its kernels on one core, two batches at once use two.
+    """
+    threads = threads or available_cores()
+    if threads == 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        inflight: deque[Future[R]] = deque()
+        try:
+            for item in items:
+                if len(inflight) >= threads:
+                    yield inflight.popleft().result()
+                inflight.append(pool.submit(fn, item))
+            while inflight:
+                yield inflight.popleft().result()
+        finally:
+            for future in inflight:
+                future.cancel()
 
 
 _LOADED: dict[Callable[[Path], Any], tuple[tuple[str, int], Any]] = {}

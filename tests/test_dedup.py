@@ -13,6 +13,7 @@ from rapidfuzz import fuzz
 
 from medr1_data import selfindex
 from medr1_data.dedup import DedupSettings, Questions, _exact_groups, _scan, components, dedup
+from medr1_data.index import canon_table, token_counts
 from medr1_data.normalize import canon_stem
 from medr1_data.schema import QUESTION_SCHEMA
 from medr1_data.selfindex import Spill
@@ -136,10 +137,25 @@ def test_exact_groups_are_checked_on_the_text_not_only_the_hash(shared_data: Pat
     table = _real_input(shared_data).slice(0, 3000)
     q = Questions.of(table)
     s = DedupSettings(batch_rows=500)
-    with_hashes = _exact_groups(q, _scan(q, s, Spill(1))[0], pl.DataFrame({"tok": ["x"], "len": [1]}), s)[0]
+    hashes, _, _, counts = _scan(q, s, Spill(1))
+    with_hashes = _exact_groups(q, hashes, counts, s)[0]
     colliding = np.zeros(q.n, dtype=np.uint64)  # every question with the same hash: the text must tell them apart
-    assert (_exact_groups(q, colliding, pl.DataFrame({"tok": ["x"], "len": [q.n]}), s)[0] == with_hashes).all()
+    assert (_exact_groups(q, colliding, _scan(q, s, Spill(1))[3], s)[0] == with_hashes).all()
     assert len(set(with_hashes.tolist())) < q.n  # some exact copies exist
+
+
+def test_token_counts_summed_over_batches_equal_the_counts_of_the_whole_table(shared_data: Path) -> None:
+    table = _real_input(shared_data).slice(0, 3000)
+    q = Questions.of(table)
+    whole = token_counts(canon_table(table.take(pa.array(q.rows(np.arange(q.n)))))).sort("tok")
+    counts = _scan(q, DedupSettings(batch_rows=97), Spill(1))[3]  # 16 batches, merged as they outgrow the total
+    assert counts.frame().sort("tok").cast({"len": pl.UInt32}).equals(whole)
+    one_each = whole.head(10).with_columns(pl.lit(1, pl.UInt32).alias("len"))  # a batch naming each word once
+    counts.add(one_each, -1)  # taken away: words counted only once leave, the others count one less
+    taken = dict(counts.frame().iter_rows())
+    for tok, n in whole.head(10).iter_rows():
+        assert taken.get(tok, 0) == n - 1
+    assert len(taken) == whole.height - int((whole.head(10)["len"] == 1).sum())
 
 
 def test_empty_table() -> None:
