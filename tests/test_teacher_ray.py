@@ -68,6 +68,12 @@ def test_ray_engine_fills_the_same_cache_as_the_client(tmp_path: Path) -> None:
     assert again.table.column("error").null_count == 12
 
 
+def _cached_lines(cache: Path) -> int:
+    """Complete lines in the response cache file so far (0 before it exists)."""
+    path = cache / CACHE_FILE
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
 @pytest.mark.slow
 def test_a_sigkilled_ray_job_resumes_without_asking_twice(tmp_path: Path) -> None:
     """`kill -9` of the driver while requests are in flight. What reached the cache is never asked again; what
@@ -85,7 +91,8 @@ def test_a_sigkilled_ray_job_resumes_without_asking_twice(tmp_path: Path) -> Non
         deadline = time.monotonic() + 90
         while sum(server.paid.values()) < 8 and time.monotonic() < deadline and first.poll() is None:
             time.sleep(0.05)
-        time.sleep(2.0)  # the finished batches reach the driver and the cache
+        while _cached_lines(cache) < 2 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)  # the finished batches reach the driver and the cache (slower under load)
         try:
             os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started (its process group)
         finally:
