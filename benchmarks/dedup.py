@@ -8,8 +8,8 @@ real sources), four options of 1-4 words; 1 % exact copies re-cased, 1 % near co
 0.5 % copies with shuffled options and new letters, 0.5 % truncated stems, 1.5 % of the stems repeated with other
 options (a generic stem, different questions); one row per question as in the build's dedup stage (`--traces 2`:
 two rows per `id`, as after the teacher). Then, each in a fresh process, it runs the current
-`medr1_data.dedup.dedup` and the one of git revision `--old` (`git show REV:medr1_data/dedup.py` and
-`REV:medr1_data/index.py` in a temporary package) and prints their time and peak RSS (the child's VmHWM, the input
+`medr1_data.dedup.dedup` and the one of git revision `--old` (`git show REV:medr1_data/dedup.py`, `index.py` and
+`selfindex.py` in a temporary package) and prints their time and peak RSS (the child's VmHWM, the input
 table included) side by side, with the clusters compared: rows whose `dup_cluster` or `dup_keep` differ must be 0.
 """
 
@@ -116,16 +116,23 @@ def generate(path: Path, rows: int, data: Path, seed: int = 0, traces: int = 1) 
     pq.write_table(out, path, compression="zstd", row_group_size=CHUNK)
 
 
+OLD_MODULES = ("dedup", "index", "selfindex")  # the modules of the old dedup (older revisions have no selfindex)
+
+
 def old_package(rev: str, folder: Path) -> None:
-    """`medr1_data/dedup.py` and `index.py` of git revision `rev` as the package `old_medr1` in `folder`."""
+    """`medr1_data/dedup.py`, `index.py` and `selfindex.py` (where it has one) of git revision `rev` as the package
+    `old_medr1` in `folder`; the modules they import besides these are this checkout's."""
     pkg = folder / "old_medr1"
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text("", encoding="utf-8")
-    for name in ("dedup", "index"):
-        src = subprocess.run(
-            ["git", "show", f"{rev}:medr1_data/{name}.py"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout
-        (pkg / f"{name}.py").write_text(src.replace("from medr1_data.index", "from old_medr1.index"), encoding="utf-8")
+    for name in OLD_MODULES:
+        got = subprocess.run(["git", "show", f"{rev}:medr1_data/{name}.py"], cwd=ROOT, capture_output=True, text=True)
+        if got.returncode:
+            continue  # a revision before the module existed
+        src = got.stdout
+        for other in OLD_MODULES:
+            src = src.replace(f"from medr1_data.{other} ", f"from old_medr1.{other} ")
+        (pkg / f"{name}.py").write_text(src, encoding="utf-8")
 
 
 CHILD = """
