@@ -3,9 +3,9 @@ need it, so that a partition's traces are assembled from its own records and mem
 
 A build cuts its questions (sorted by id) into partitions of about `batch_rows` traces. `plan_keys` gives the
 request key of every (question, sample) with its partition; `Spill.scan` reads the cache in pieces of lines (one a
-worker), a block at a time, and appends each record a partition needs to that partition's spill file of the piece
-(Arrow IPC, lz4); `read_spill` gives a partition's records back in file order, so that the last record of a key
-still wins.
+worker), a block at a time, looks the block's keys up in the planned keys (`KeyIndex`, sorted by hash, built once a
+worker) and appends each record a partition needs to that partition's spill file of the piece (Arrow IPC, lz4);
+`read_spill` gives a partition's records back in file order, so that the last record of a key still wins.
 """
 
 from __future__ import annotations
