@@ -24,7 +24,7 @@ def test_results_come_in_order_with_at_most_threads_items_in_flight() -> None:
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.02 * (i % 3))  # later items often finish first
+        time.sleep(0.05 * (i % 3))  # later items often finish first
         with lock:
             running[0] -= 1
         return i * i
@@ -33,7 +33,7 @@ def test_results_come_in_order_with_at_most_threads_items_in_flight() -> None:
     assert next(out) == 0
     assert len(pulled) <= 4  # the items are taken as they are needed, not all at once
     assert [0, *out] == [i * i for i in range(12)]
-    assert most[0] == 3
+    assert 2 <= most[0] <= 3  # in parallel, never more than `threads` at once
 
 
 def test_an_error_is_raised_where_its_result_is_read() -> None:
