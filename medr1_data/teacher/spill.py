@@ -101,9 +101,9 @@ class KeyIndex:
     def load(cls, path: Path) -> KeyIndex:
         """The index of a (key, part) IPC file."""
         need = pl.read_ipc(path)
-        order = need["key"].hash(KEY_HASH_SEED).arg_sort()
-        need = need[order]
-        return cls(need["key"].hash(KEY_HASH_SEED).to_numpy(), need["key"], need["part"].to_numpy())
+        hashes = need["key"].hash(KEY_HASH_SEED)
+        order = hashes.arg_sort()
+        return cls(hashes.gather(order).to_numpy(), need["key"].gather(order), need["part"].gather(order).to_numpy())
 
     def hits(self, keys: pl.Series) -> pl.DataFrame:
         """(`j`: position in `keys`, `part`) of every needed (key, part) that `keys` hold, sorted by part then j."""
