@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -103,18 +104,36 @@ def _fast_conclusion(s: ScoreSettings) -> pl.Expr:
     return tail.str.extract_all(COMMIT).list.last().str.extract(r"([A-Z])\W*$").alias("conclusion_label")
 
 
-def _foreign_script_chars(df: pl.DataFrame) -> pl.Series:
-    """Characters of a foreign script in reasoning and response; the regex runs only where non-ASCII text is."""
-    total = pl.zeros(df.height, pl.Int64, eager=True)
+def non_ascii(texts: pa.ChunkedArray | pa.Array, window_bytes: int = 1 << 22) -> pa.ChunkedArray:
+    """Each text with its ASCII characters removed (nulls as ""): its multi-byte characters, still valid UTF-8."""
+    chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
+    out = []
+    for chunk in chunks:
+        if not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)):
+            chunk = chunk.cast(pa.large_string())
+        wide = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+        offsets = np.frombuffer(chunk.buffers()[1], wide)[chunk.offset : chunk.offset + len(chunk) + 1].astype(np.int64)
+        data = np.frombuffer(chunk.buffers()[2], np.uint8) if chunk.buffers()[2] else np.zeros(0, np.uint8)
+        # Every byte of a multi-byte UTF-8 character is >= 0x80 and no ASCII byte is: dropping the ASCII bytes keeps
+        # each other character whole. Scanned in small windows: their masks reuse memory a large one would fault in.
+        first, end = int(offsets[0]), int(offsets[-1])
+        high = [
+            np.flatnonzero(data[a : min(a + window_bytes, end)] >= 0x80) + a for a in range(first, end, window_bytes)
+        ]
+        pos = np.concatenate(high) if high else np.zeros(0, np.int64)
+        starts = np.searchsorted(pos, offsets)
+        kept = pa.py_buffer(np.ascontiguousarray(data[pos]))
+        out.append(pa.LargeStringArray.from_buffers(len(chunk), pa.py_buffer(starts - starts[0]), kept))
+    return pa.chunked_array(out, pa.large_string())
+
+
+def _foreign_script_chars(table: pa.Table) -> pl.Series:
+    """Characters of a foreign script in reasoning and response, counted in their non-ASCII characters alone."""
+    total = pl.zeros(table.num_rows, pl.Int64, eager=True)
     for name in ("reasoning", "response"):
-        col = df[name].fill_null("")
-        rows = (col.str.len_bytes() != col.str.len_chars()).arg_true()
-        if len(rows):
-            sub = col.gather(rows)
-            hit = sub.str.contains(FOREIGN_SCRIPT).arg_true()
-            if len(hit):
-                found = sub.gather(hit).str.count_matches(FOREIGN_SCRIPT).cast(pl.Int64)
-                total = total.scatter(rows.gather(hit), total.gather(rows.gather(hit)) + found)
+        col = table.column(name)
+        found = pl.Series(non_ascii(col)).str.count_matches(FOREIGN_SCRIPT).cast(pl.Int64)
+        total = total + found.zip_with(pl.Series(col.is_valid()), pl.repeat(0, len(found), eager=True))
     return total.alias("foreign_script_chars")
 
 
@@ -156,7 +175,7 @@ def score(table: pa.Table, settings: ScoreSettings | None = None) -> pa.Table:
     )
     # The polars signals release the GIL: compute them in a thread while Python confirms the conclusions.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        signals = pool.submit(lambda: df.select(_signals(s)).with_columns(_foreign_script_chars(df)))
+        signals = pool.submit(lambda: df.select(_signals(s)).with_columns(_foreign_script_chars(table)))
         conclusions = _confirm_conclusions(df.with_columns(_fast_conclusion(s)), s)
         sig = pl.concat([df, signals.result()], how="horizontal").with_columns(conclusions)
     flags = {

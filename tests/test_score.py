@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from medr1_data.score import FLAGS, QUALITY_WEIGHTS, ScoreSettings, score
+from medr1_data.score import FLAGS, QUALITY_WEIGHTS, ScoreSettings, non_ascii, score
 from medr1_data.select import SelectSettings, select
 from medr1_data.verify import verify
 
@@ -125,3 +125,22 @@ def test_loops_count_stripped_lines_of_the_minimum_length() -> None:
     q = _scored([_trace(reasoning, "B")], ScoreSettings(loop_line_chars=5))[0]["quality"]
     assert q["max_line_repeats"] == 4
     assert _scored([_trace("x" * 10, "B")])[0]["quality"]["max_line_repeats"] == 0
+
+
+def test_foreign_script_characters_are_counted_in_any_string_layout() -> None:
+    # Hand-counted: 3 Han, 2 Cyrillic, 1 Hangul and 1 Arabic character; Greek, accents and symbols are not foreign.
+    texts = ["渗透压 is high", "α-blocker, café, 5 µg → ≥2", "Привет 안 ب", None, "", "plain ASCII"]
+    expected = [3, 0, 8, 0, 0, 0]
+    rows = [_trace(f"{t}\nSo the answer is B.\n" if t is not None else None, "B") for t in texts]
+    table = verify(pa.Table.from_pylist(rows))
+    for layout in (pa.string(), pa.large_string(), pa.string_view()):
+        typed = table.set_column(
+            table.schema.get_field_index("reasoning"), "reasoning", table["reasoning"].cast(layout)
+        )
+        scored = score(typed).column("quality").to_pylist()
+        assert [q["foreign_script_chars"] for q in scored] == expected, layout
+    # A chunked and sliced column, scanned in windows smaller than one character, counts the same.
+    column = pa.chunked_array([pa.array(texts[:2]), pa.array(texts[2:]).slice(0)]).cast(pa.large_string())
+    for window in (1, 2, 5, 1 << 22):
+        kept = non_ascii(column.slice(1), window_bytes=window).to_pylist()
+        assert kept == ["αéµ→≥", "Привет안ب", "", "", ""]
