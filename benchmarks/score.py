@@ -1,7 +1,8 @@
 """Verify + score throughput on ~170K real-length traces, in-process and through the CLI, beside baselines in one run.
 
-Usage: python benchmarks/score.py [--copies 200] [--data ../shared/data] [--against 5cc7d70] [--no-m1]
+Usage: python benchmarks/score.py [--copies 200] [--data ../shared/data] [--against 5cc7d70] [--no-m1] [--tagged]
 The rows are the 862 real DeepSeek-R1 completions in ../shared/data/traces, repeated (mean reasoning ~6.9K chars).
+--tagged: each response that is a label alone becomes `<answer>X</answer>`, the form the teacher prompt asks for.
 Baselines in the same run: the m1-style check (a Python loop reading the last \\boxed{} / "answer is X" of each
 completion); the library at git revision --against (in-process, and its CLI, whose verbs read and write whole
 tables), whose outputs must equal this checkout's; and the I/O floor (read the input and write it back with the
@@ -47,6 +48,16 @@ def baseline(table: pa.Table) -> int:
         label = next((g for g in found[-1] if g), None) if found else None
         correct += label == gold
     return correct
+
+
+def tagged(table: pa.Table) -> pa.Table:
+    """`table` with each response that is a bare option label written as `<answer>X</answer>`."""
+    responses = []
+    for response, options in zip(table["response"].to_pylist(), table["options"].to_pylist(), strict=True):
+        label = (response or "").strip()
+        known = label in {o["label"] for o in options}
+        responses.append(f"<answer>{label}</answer>" if known else response)
+    return table.set_column(table.schema.get_field_index("response"), "response", pa.array(responses, pa.string()))
 
 
 def old_modules(tree: Path) -> tuple[types.ModuleType, types.ModuleType]:
@@ -98,8 +109,11 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--against", default="5cc7d70", help="git revision of the baseline library (%(default)s)")
     p.add_argument("--no-m1", action="store_true", help="leave out the m1 regex baseline (about 40 s)")
+    p.add_argument("--tagged", action="store_true", help="label-alone responses as <answer>X</answer>")
     args = p.parse_args()
     real = load_real_traces(args.data / "traces")
+    if args.tagged:
+        real = tagged(real)
     table = pa.concat_tables([real] * args.copies).combine_chunks()
     n = table.num_rows
     mean_chars = sum(len(r or "") for r in real.column("reasoning").to_pylist()) / real.num_rows
@@ -133,7 +147,8 @@ def main() -> None:
             floor = pq.read_table(folder / "in.parquet")
             pq.write_table(floor, folder / "floor.parquet", **writer_options(floor.schema))
         rows.append(("  I/O floor: read + write twice, no compute", time.perf_counter() - t0))
-    print(f"{n:,} traces, mean reasoning {mean_chars:,.0f} characters; load average {os.getloadavg()[0]:.1f}\n")
+    form = "; label-alone responses as <answer>X</answer>" if args.tagged else ""
+    print(f"{n:,} traces, mean reasoning {mean_chars:,.0f} characters{form}; load average {os.getloadavg()[0]:.1f}\n")
     print(f"{'step':46} {'seconds':>8} {'rows/s':>10}")
     for name, secs in rows:
         print(f"{name:46} {secs:>8.2f} {n / secs:>10,.0f}")

@@ -11,19 +11,27 @@ from medr1_data.schema import VERIFY_FIELDS
 BATCH_ROWS = 32768
 
 
+# The answer as the teacher prompt asks for it, alone: `<answer>X</answer>`, X perhaps wrapped ("(B)", "**B**").
+# `extract` reads exactly these as the label X (tests/test_verify_select.py checks the two agree).
+TAGGED_LABEL = r"^<answer>[\s*_(\[]*([A-Z])[\s*_)\].:]*</answer>$"
+
+
 def _bare_labels(table: pa.Table) -> pl.Series:
-    """The label of each response that is the label alone (read columnar, the way `extract` would), else null."""
+    """The label of each response that is the label alone or in the prompt's answer tag alone (read columnar, the
+    way `extract` would), else null."""
     frame = pl.from_arrow(table.select(["response", "options"]))
+    final = pl.col("response").fill_null("").str.split("</think>").list.last().str.strip_chars()
     return frame.select(
-        pl.col("response")
-        .fill_null("")
-        .str.split("</think>")
-        .list.last()
-        .str.strip_chars()
-        .str.strip_chars(BARE_STRIP)
-        .alias("bare"),
+        final.str.strip_chars(BARE_STRIP).alias("bare"),
+        final.str.extract(TAGGED_LABEL, 1).alias("tagged"),
         pl.col("options").list.eval(pl.element().struct.field("label")).alias("labels"),
-    ).select(pl.when(pl.col("labels").list.contains(pl.col("bare"))).then(pl.col("bare")).alias("bare"))["bare"]
+    ).select(
+        pl.when(pl.col("labels").list.contains(pl.col("bare")))
+        .then(pl.col("bare"))
+        .when(pl.col("labels").list.contains(pl.col("tagged")))
+        .then(pl.col("tagged"))
+        .alias("bare")
+    )["bare"]
 
 
 def _extracted(table: pa.Table, rows: list[int]) -> tuple[list[str | None], list[str | None]]:

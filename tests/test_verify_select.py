@@ -7,9 +7,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from medr1_data.answers import extract
 from medr1_data.schema import OPTION
 from medr1_data.select import DROP_REASONS, SelectSettings, drop_counts, select, unanswered_questions
-from medr1_data.verify import verify
+from medr1_data.verify import _bare_labels, verify
 
 OPTIONS = [
     {"label": "A", "text": "Acute pancreatitis"},
@@ -291,3 +292,44 @@ def test_all_kept_gives_empty_counts() -> None:
     assert drop_counts(out) == {}
     assert unanswered_questions(out).num_rows == 0
     assert out.column("drop_reason").null_count == 2
+
+
+def test_columnar_answer_tags_agree_with_the_extractor() -> None:
+    # The columnar path reads `<answer>X</answer>` alone; the extractor (`answers.extract`) is the reference.
+    inner = [
+        "C",
+        " C ",
+        "(C)",
+        "**C**",
+        "[C].",
+        "_C_:",
+        "C.",
+        "E",
+        "c",
+        "C or D",
+        "C, D",
+        ").C",
+        "C) ",
+        "\u3000C\u2003",
+    ]
+    around = [
+        "{}",
+        "  {}\n",
+        "<think>x</think>\n{}",
+        "Thinking.</think>{}",
+        "{} Because the lactate is high.",
+        "**{}**",
+    ]
+    responses = [a.format(f"<answer>{x}</answer>") for x in inner for a in around] + [
+        "<answer>C</answer><answer>D</answer>"
+    ]
+    rows = table([row(f"q{i}", 0, r) for i, r in enumerate(responses)])
+    columnar = _bare_labels(rows).to_list()
+    out = verify(rows)
+    preds, sources = out.column("pred_label").to_pylist(), out.column("answer_source").to_pylist()
+    for response, fast, pred, source in zip(responses, columnar, preds, sources, strict=True):
+        found = extract(response, OPTIONS)
+        assert fast in (None, found.label), response
+        assert (pred, source) == (found.label, found.where if found.label else None), response
+    # C alone or wrapped (9 of the inner forms), the tag alone in the first 4 ways around it: read columnar
+    assert sum(f is not None for f in columnar) == 9 * 4
