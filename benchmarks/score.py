@@ -5,8 +5,8 @@ The rows are the 862 real DeepSeek-R1 completions in ../shared/data/traces, repe
 --tagged: each response that is a label alone becomes `<answer>X</answer>`, the form the teacher prompt asks for.
 Baselines in the same run: the m1-style check (a Python loop reading the last \\boxed{} / "answer is X" of each
 completion); the library at git revision --against (in-process, and its CLI, whose verbs read and write whole
-tables), whose outputs must equal this checkout's; and the I/O floor (read the input and write it back with the
-verbs' writer settings, nothing computed).
+tables), whose outputs must equal this checkout's; and the I/O floor (the verbs' own streaming of the table, twice,
+nothing computed).
 CLI: `medr1-data verify IN --out V` then `medr1-data score V --out S`, two processes, as a user runs them.
 """
 
@@ -31,8 +31,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from revision import old_tree  # noqa: E402
 
+from medr1_data.contracts import TRACES  # noqa: E402
 from medr1_data.parts import writer_options  # noqa: E402
 from medr1_data.score import score  # noqa: E402
+from medr1_data.streaming import stream_table  # noqa: E402
 from medr1_data.verify import verify  # noqa: E402
 from tests.real_traces import load_real_traces  # noqa: E402
 
@@ -77,21 +79,44 @@ def old_modules(tree: Path) -> tuple[types.ModuleType, types.ModuleType]:
         sys.modules["medr1_data.answers"] = saved
 
 
+CPU: dict[str, float] = {}  # CPU seconds (user + system, all threads, child processes included) of each step
+
+
+def cpu_seconds() -> float:
+    """User + system seconds of this process and of its finished children so far."""
+    return sum(os.times()[:4])
+
+
 def timed(fn: object, *args: object) -> tuple[float, object]:
-    """(seconds, result) of one call."""
-    t0 = time.perf_counter()
+    """(seconds, result) of one call; its CPU seconds go to CPU[last]."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
     out = fn(*args)  # type: ignore[operator]
+    CPU["last"] = cpu_seconds() - c0
     return time.perf_counter() - t0, out
 
 
 def cli(folder: Path, pythonpath: Path | None) -> float:
     """Seconds for verify then score through the CLI, as two processes."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath or ROOT)}
-    t0 = time.perf_counter()
-    for verb, src, dst in (("verify", "in.parquet", "v.parquet"), ("score", "v.parquet", "s.parquet")):
-        cmd = [sys.executable, "-m", "medr1_data.cli", verb, str(folder / src), "--out", str(folder / dst)]
-        subprocess.run(cmd, check=True, env=env, capture_output=True)
-    return time.perf_counter() - t0
+
+    def run() -> None:
+        for verb, src, dst in (("verify", "in.parquet", "v.parquet"), ("score", "v.parquet", "s.parquet")):
+            cmd = [sys.executable, "-m", "medr1_data.cli", verb, str(folder / src), "--out", str(folder / dst)]
+            subprocess.run(cmd, check=True, env=env, capture_output=True)
+
+    return timed(run)[0]
+
+
+def io_floor(folder: Path) -> None:
+    """What the two verbs do with nothing computed: stream the table through (read a row group at a time, check at
+    the door, write with the verbs' settings) twice, in this process."""
+
+    def same_table(batch: pa.Table) -> pa.Table:
+        return batch
+
+    for src, dst in (("in.parquet", "f1.parquet"), ("f1.parquet", "f2.parquet")):
+        for _ in stream_table(folder / src, folder / dst, TRACES, same_table):
+            pass
 
 
 def same(a: pa.Table, b: pa.Table) -> bool:
@@ -117,41 +142,43 @@ def main() -> None:
     table = pa.concat_tables([real] * args.copies).combine_chunks()
     n = table.num_rows
     mean_chars = sum(len(r or "") for r in real.column("reasoning").to_pylist()) / real.num_rows
-    rows: list[tuple[str, float]] = []
+    rows: list[tuple[str, float, float]] = []
     if not args.no_m1:
-        rows.append(("baseline: last-match regex per row (m1)", timed(baseline, table)[0]))
+        rows.append(("baseline: last-match regex per row (m1)", timed(baseline, table)[0], CPU["last"]))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         tree = old_tree(args.against, folder / "old")
         t_v, verified = timed(verify, table)
+        c_v = CPU["last"]
         t_s, scored = timed(score, verified)
-        rows += [("medr1 verify (in-process)", t_v), ("medr1 score (in-process)", t_s)]
-        rows.append(("medr1 verify + score (in-process)", t_v + t_s))
+        rows += [("medr1 verify (in-process)", t_v, c_v), ("medr1 score (in-process)", t_s, CPU["last"])]
+        rows.append(("medr1 verify + score (in-process)", t_v + t_s, c_v + CPU["last"]))
         identical = {}
         if tree:
             old_v, old_s = old_modules(tree)
             t_ov, old_verified = timed(old_v.verify, table)
+            c_ov = CPU["last"]
             t_os, old_scored = timed(old_s.score, old_verified)
-            rows.append((f"  baseline @ {args.against} (in-process)", t_ov + t_os))
+            rows.append((f"  baseline @ {args.against} (in-process)", t_ov + t_os, c_ov + CPU["last"]))
             identical["in-process"] = old_scored.equals(scored)  # type: ignore[union-attr]
         pq.write_table(table, folder / "in.parquet", row_group_size=8192, **writer_options(table.schema))
         del verified
-        rows.append(("medr1 verify + score (CLI, 2 processes)", cli(folder, None)))
+        rows.append(("medr1 verify + score (CLI, 2 processes)", cli(folder, None), CPU["last"]))
         new_cli = pq.read_table(folder / "s.parquet")
         identical["CLI vs in-process"] = same(new_cli, scored)  # type: ignore[arg-type]
         if tree:
-            rows.append((f"  baseline @ {args.against} (CLI)", cli(folder, tree)))
+            rows.append((f"  baseline @ {args.against} (CLI)", cli(folder, tree), CPU["last"]))
             identical["CLI vs baseline CLI"] = same(new_cli, pq.read_table(folder / "s.parquet"))
-        t0 = time.perf_counter()
-        for _ in range(2):  # the two verbs each read their input and write their output
-            floor = pq.read_table(folder / "in.parquet")
-            pq.write_table(floor, folder / "floor.parquet", **writer_options(floor.schema))
-        rows.append(("  I/O floor: read + write twice, no compute", time.perf_counter() - t0))
+        rows.append(("  I/O floor: the verbs' streaming, no compute", timed(io_floor, folder)[0], CPU["last"]))
     form = "; label-alone responses as <answer>X</answer>" if args.tagged else ""
     print(f"{n:,} traces, mean reasoning {mean_chars:,.0f} characters{form}; load average {os.getloadavg()[0]:.1f}\n")
-    print(f"{'step':46} {'seconds':>8} {'rows/s':>10}")
-    for name, secs in rows:
-        print(f"{name:46} {secs:>8.2f} {n / secs:>10,.0f}")
+    print(f"{'step':46} {'seconds':>8} {'rows/s':>10} {'CPU s':>7}")
+    for name, secs, cpu in rows:
+        print(f"{name:46} {secs:>8.2f} {n / secs:>10,.0f} {cpu:>7.2f}")
+    cpus = os.cpu_count() or 1
+    print(f"(CPU s: user + system of all threads and child processes; {cpus} CPUs here)")
+    for rate in (20_000, 50_000):
+        print(f"{rate:,} rows/s leaves {n / rate:.2f} s: at most {n / rate * cpus:.1f} CPU s on {cpus} CPUs")
     for what, ok in identical.items():
         print(f"outputs identical ({what}): {'yes' if ok else 'NO'}")
 
