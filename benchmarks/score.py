@@ -137,6 +137,8 @@ def main() -> None:
     p.add_argument("--tagged", action="store_true", help="label-alone responses as <answer>X</answer>")
     args = p.parse_args()
     real = load_real_traces(args.data / "traces")
+    if not real.num_rows:
+        sys.exit(f"no traces in {args.data / 'traces'}: pass --data DIR (the folder holding traces/)")
     if args.tagged:
         real = tagged(real)
     table = pa.concat_tables([real] * args.copies).combine_chunks()
