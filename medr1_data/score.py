@@ -105,7 +105,8 @@ def _fast_conclusion(s: ScoreSettings) -> pl.Expr:
 
 
 def non_ascii(texts: pa.ChunkedArray | pa.Array, window_bytes: int = 1 << 22) -> pa.ChunkedArray:
-    """Each text with its ASCII characters removed (nulls as ""): its multi-byte characters, still valid UTF-8."""
+    """Each text with its ASCII characters removed: its multi-byte characters, still valid UTF-8 (a null slot keeps
+    the bytes it spans, none as pyarrow and polars write them; callers mask nulls)."""
     chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
     out = []
     for chunk in chunks:
