@@ -79,24 +79,20 @@ def old_modules(tree: Path) -> tuple[types.ModuleType, types.ModuleType]:
         sys.modules["medr1_data.answers"] = saved
 
 
-CPU: dict[str, float] = {}  # CPU seconds (user + system, all threads, child processes included) of each step
-
-
 def cpu_seconds() -> float:
     """User + system seconds of this process and of its finished children so far."""
     return sum(os.times()[:4])
 
 
-def timed(fn: object, *args: object) -> tuple[float, object]:
-    """(seconds, result) of one call; its CPU seconds go to CPU[last]."""
+def timed(fn: object, *args: object) -> tuple[float, float, object]:
+    """(seconds, CPU seconds, result) of one call; CPU: user + system of all threads and finished children."""
     t0, c0 = time.perf_counter(), cpu_seconds()
     out = fn(*args)  # type: ignore[operator]
-    CPU["last"] = cpu_seconds() - c0
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, cpu_seconds() - c0, out
 
 
-def cli(folder: Path, pythonpath: Path | None) -> float:
-    """Seconds for verify then score through the CLI, as two processes."""
+def cli(folder: Path, pythonpath: Path | None) -> tuple[float, float]:
+    """(seconds, CPU seconds) for verify then score through the CLI, as two processes."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath or ROOT)}
 
     def run() -> None:
@@ -104,7 +100,7 @@ def cli(folder: Path, pythonpath: Path | None) -> float:
             cmd = [sys.executable, "-m", "medr1_data.cli", verb, str(folder / src), "--out", str(folder / dst)]
             subprocess.run(cmd, check=True, env=env, capture_output=True)
 
-    return timed(run)[0]
+    return timed(run)[:2]
 
 
 def io_floor(folder: Path) -> None:
@@ -146,32 +142,30 @@ def main() -> None:
     mean_chars = sum(len(r or "") for r in real.column("reasoning").to_pylist()) / real.num_rows
     rows: list[tuple[str, float, float]] = []
     if not args.no_m1:
-        rows.append(("baseline: last-match regex per row (m1)", timed(baseline, table)[0], CPU["last"]))
+        rows.append(("baseline: last-match regex per row (m1)", *timed(baseline, table)[:2]))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         tree = old_tree(args.against, folder / "old")
-        t_v, verified = timed(verify, table)
-        c_v = CPU["last"]
-        t_s, scored = timed(score, verified)
-        rows += [("medr1 verify (in-process)", t_v, c_v), ("medr1 score (in-process)", t_s, CPU["last"])]
-        rows.append(("medr1 verify + score (in-process)", t_v + t_s, c_v + CPU["last"]))
+        t_v, c_v, verified = timed(verify, table)
+        t_s, c_s, scored = timed(score, verified)
+        rows += [("medr1 verify (in-process)", t_v, c_v), ("medr1 score (in-process)", t_s, c_s)]
+        rows.append(("medr1 verify + score (in-process)", t_v + t_s, c_v + c_s))
         identical = {}
         if tree:
             old_v, old_s = old_modules(tree)
-            t_ov, old_verified = timed(old_v.verify, table)
-            c_ov = CPU["last"]
-            t_os, old_scored = timed(old_s.score, old_verified)
-            rows.append((f"  baseline @ {args.against} (in-process)", t_ov + t_os, c_ov + CPU["last"]))
+            t_ov, c_ov, old_verified = timed(old_v.verify, table)
+            t_os, c_os, old_scored = timed(old_s.score, old_verified)
+            rows.append((f"  baseline @ {args.against} (in-process)", t_ov + t_os, c_ov + c_os))
             identical["in-process"] = old_scored.equals(scored)  # type: ignore[union-attr]
         pq.write_table(table, folder / "in.parquet", row_group_size=8192, **writer_options(table.schema))
         del verified
-        rows.append(("medr1 verify + score (CLI, 2 processes)", cli(folder, None), CPU["last"]))
+        rows.append(("medr1 verify + score (CLI, 2 processes)", *cli(folder, None)))
         new_cli = pq.read_table(folder / "s.parquet")
         identical["CLI vs in-process"] = same(new_cli, scored)  # type: ignore[arg-type]
         if tree:
-            rows.append((f"  baseline @ {args.against} (CLI)", cli(folder, tree), CPU["last"]))
+            rows.append((f"  baseline @ {args.against} (CLI)", *cli(folder, tree)))
             identical["CLI vs baseline CLI"] = same(new_cli, pq.read_table(folder / "s.parquet"))
-        rows.append(("  I/O floor: the verbs' streaming, no compute", timed(io_floor, folder)[0], CPU["last"]))
+        rows.append(("  I/O floor: the verbs' streaming, no compute", *timed(io_floor, folder)[:2]))
     form = "; label-alone responses as <answer>X</answer>" if args.tagged else ""
     print(f"{n:,} traces, mean reasoning {mean_chars:,.0f} characters{form}; load average {os.getloadavg()[0]:.1f}\n")
     print(f"{'step':46} {'seconds':>8} {'rows/s':>10} {'CPU s':>7}")
